@@ -1,0 +1,143 @@
+"""The `spark` command line. Each command is a thin shell over a spark_core function.
+
+Errors about the input as a whole (a missing file, an unknown field, a refused query) are one
+line on stderr and exit code 2; row-level problems are reported in the output instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from spark_core.records import InputError
+
+app = typer.Typer(
+    help="SPARK: RL post-training where one model is both policy and judge (arXiv 2509.22624).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEFAULT_RUNS = Path("data/runs")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def verify(
+    input: Path = typer.Argument(..., help="JSONL or Parquet file of responses."),
+    response_field: str = typer.Option(..., help="Field holding the response text."),
+    reference_field: str = typer.Option(..., help="Field holding the reference answer (or a Yes/No/A/B label)."),
+    extract: str = typer.Option("auto", help="Answer extraction rule: auto|boxed|gsm8k|answer-is|last-number."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write every row plus extracted, rule, correct, error here (Parquet)."),
+    max_chars: int = typer.Option(100_000, help="Longer responses or references are row errors."),
+    timeout: float = typer.Option(5.0, help="Seconds allowed per math-verify comparison."),
+) -> None:
+    """Verify each row's response against its reference and print a one-line summary."""
+    from spark_core.verify_file import verify_file
+
+    try:
+        summary = verify_file(input, response_field, reference_field, extract, output, max_chars, timeout)
+    except InputError as e:
+        _fail(str(e))
+    typer.echo(summary.line() + (f" -> {output}" if output else ""))
+
+
+@app.command()
+def sql(
+    statement: Optional[str] = typer.Argument(None, help="A SELECT over the run's tables (problems, rollouts, judge_data, updates, evals)."),
+    run: Path = typer.Option(..., "--run", help="Run directory (e.g. data/runs/tiny)."),
+    format: str = typer.Option("table", "--format", help="Output format: table|csv|json."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the result to this file instead of stdout."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the view definitions (loadable by any DuckDB client) to this .sql file."),
+) -> None:
+    """Query a run's tables with DuckDB, read-only: statements that write are refused."""
+    from spark_core.sql import SqlError, format_result, query, views_sql
+
+    if not run.is_dir():
+        _fail(f"{run}: no such run directory")
+    if export is not None:
+        export.write_text(views_sql(run))
+        typer.echo(f"wrote view definitions for {run} to {export} (load with: duckdb -c '.read {export}')")
+        if statement is None:
+            return
+    if statement is None:
+        _fail("give a SELECT statement, or --export FILE.sql")
+    try:
+        text = format_result(query(run, statement), format)
+    except SqlError as e:
+        _fail(str(e))
+    if output is not None:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def problems(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Write the problems here (.jsonl or .parquet)."),
+    split: str = typer.Option("train", help="Which split to write: train|held_out|all."),
+) -> None:
+    """Write the configured problems (synthetic or loaded from a file) with their split."""
+    from spark_core.config import load_config
+    from spark_core.problems import problem_sets
+
+    if split not in ("train", "held_out", "all"):
+        _fail(f"unknown --split {split!r}; use train, held_out or all")
+    try:
+        cfg = load_config(config)
+        train, held = problem_sets(cfg.problems, cfg.seed)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    rows = []
+    if split in ("train", "all"):
+        rows += [p.to_row() | {"split": "train"} for p in train]
+    if split in ("held_out", "all"):
+        rows += [p.to_row() | {"split": "held_out"} for p in held]
+    if output.suffix == ".parquet":
+        import pyarrow as pa
+
+        from spark_core.store import atomic_write_parquet
+
+        atomic_write_parquet(pa.Table.from_pylist(rows), output.resolve())
+    else:
+        from spark_core.store import atomic_write_bytes
+
+        atomic_write_bytes(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    typer.echo(f"wrote {len(rows)} problems ({len(train)} train, {len(held)} held-out available) to {output}")
+
+
+@app.command()
+def prepare(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)."),
+    run: Path = typer.Option(DEFAULT_RUNS / "default", "--run", help="Run directory to create or continue."),
+) -> None:
+    """Run the first pipeline stage: write the run's `problems` table (skipped when complete)."""
+    from spark_core.config import load_config
+    from spark_core.stages import prepare_problems
+
+    try:
+        cfg = load_config(config)
+        manifest = prepare_problems(cfg, run)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    rows = manifest["rows"]
+    typer.echo(f"problems: {rows['train']} train, {rows['held_out']} held-out in {run} (config {manifest['config_hash']})")
+
+
+if __name__ == "__main__":
+    app()

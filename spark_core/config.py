@@ -1,0 +1,116 @@
+"""Typed run configuration: one pydantic model per concern, one docstring per field.
+
+A YAML file holds only the differences from these defaults. The resolved config (every
+field) is hashed into each stage manifest, so a stage re-runs when anything it depends on
+changes, and is logged to MLflow as params.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from spark_core.records import InputError
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos: reject them instead of silently ignoring a setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Section):
+    """The seeded arithmetic problem generator (what the tiny CPU model learns)."""
+
+    min_digits: int = Field(1, ge=1, le=9)
+    """Fewest digits of each operand."""
+    max_digits: int = Field(2, ge=1, le=9)
+    """Most digits of each operand."""
+    operators: str = "+-"
+    """Operators to draw from, any of `+-*`."""
+    steps: int = Field(1, ge=1, le=8)
+    """Operations per problem: 1 gives `a+b`, 2 gives `a+b-c` (worked step by step)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "SyntheticConfig":
+        if self.min_digits > self.max_digits:
+            raise ValueError(f"min_digits ({self.min_digits}) > max_digits ({self.max_digits}); swap them")
+        bad = set(self.operators) - set("+-*")
+        if not self.operators or bad:
+            raise ValueError(f"operators must be a non-empty subset of '+-*', got {self.operators!r}")
+        return self
+
+
+class ProblemsConfig(_Section):
+    """Where the training and held-out problems come from."""
+
+    source: str = "synthetic"
+    """`synthetic`, or a path to a JSONL/Parquet problem file (relative to the config file)."""
+    n_train: int = Field(2000, ge=1)
+    """Training problems to generate (synthetic) or at most to keep (file)."""
+    n_held_out: int = Field(200, ge=0)
+    """Held-out problems to generate (synthetic) or at most to keep (file)."""
+    held_out_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Share of a file's problems put in the held-out split (by a hash of the question)."""
+    question_field: str | None = None
+    """Field holding the question; None tries `question`, then `problem`, then `prompt`."""
+    answer_field: str | None = None
+    """Field holding the reference answer; None uses `answer`."""
+    id_field: str | None = None
+    """Field holding a problem id; None tries `id`, then `unique_id`, else numbers the rows."""
+    synthetic: SyntheticConfig = SyntheticConfig()
+    """Generator knobs, used when source is `synthetic`."""
+
+
+class SparkConfig(_Section):
+    """A whole SPARK run."""
+
+    seed: int = 0
+    """Seed for every random choice; the same config and seed give the same tables."""
+    problems: ProblemsConfig = ProblemsConfig()
+    """Training and held-out problems."""
+
+    def resolved(self) -> dict:
+        """Every field, defaults included, as plain JSON-able data."""
+        return self.model_dump(mode="json")
+
+    def hash(self) -> str:
+        """A short stable hash of the resolved config (keys sorted)."""
+        return config_hash(self.resolved())
+
+
+def config_hash(data: object) -> str:
+    """sha256 of canonical JSON, first 16 hex digits."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path | None) -> SparkConfig:
+    """Read a YAML config (None: all defaults); one-line InputError naming the bad field."""
+    if path is None:
+        return SparkConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    source = (data.get("problems") or {}).get("source")
+    if source not in (None, "synthetic") and not Path(source).is_absolute():
+        data["problems"]["source"] = str((path.parent / source).resolve())
+    try:
+        return SparkConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        raise InputError(f"{path}: {where}: {err['msg']}") from e
+
+
+Split = Literal["train", "held_out"]
