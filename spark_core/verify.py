@@ -20,11 +20,16 @@ Anything else (`Yes, it is`, `(A)`, `A or B`) is not a match.
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing as mp
+import os
 import re
+import select
 import signal
+import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
@@ -188,24 +193,22 @@ def normalize_label(s: str) -> str:
 @dataclass(frozen=True)
 class _Number:
     value: Fraction
-    exact_int: bool  # a plain integer (no decimals, fraction or percent): the fast path may say "different"
+    exact_int: bool  # a plain integer of <= 15 digits (no decimals, no fraction): the fast path may say "different"
 
 
 def parse_number(s: str) -> _Number | None:
     """A plain number in `s` after stripping `$`, `\\$`, `\\text{}`, spacing commands, units,
     thousands separators and a trailing period; None if `s` is anything else.
 
-    Percent signs are dropped but mark the number as not exact, so that `50%` vs `0.5` is
-    left to math-verify (which accepts both readings).
+    A percent sign makes it None: math-verify reads `50\\%` as both 50 and 0.5 but `-50\\%`
+    only as -0.5 and `1,000\\%` as a set, and its verdict is the one to keep.
     """
     t = _unwrap(s.replace("\\$", "").replace("$", "").replace("\\!", "").replace("\\,", "").replace("\\ ", ""))
     t = t.replace("{,}", ",").strip()
     if t.endswith("."):
         t = t[:-1].rstrip()
-    exact = True
-    if t.endswith("\\%") or t.endswith("%"):
-        t = t[: -2 if t.endswith("\\%") else -1].rstrip()
-        exact = False
+    if "%" in t:
+        return None
     m = _UNIT_RE.match(t)
     if m:
         t = m.group(1).strip()
@@ -213,7 +216,7 @@ def parse_number(s: str) -> _Number | None:
         t = t.replace(",", "")
     if _PLAIN_INT_RE.match(t):
         digits = len(t.lstrip("+-"))
-        return _Number(Fraction(int(t)), exact and digits <= _FAST_MAX_DIGITS)
+        return _Number(Fraction(int(t)), digits <= _FAST_MAX_DIGITS)
     if _PLAIN_DEC_RE.match(t):
         return _Number(Fraction(t), False)
     m = _FRAC_RE.match(t) or _SLASH_RE.match(t)
@@ -231,7 +234,9 @@ def fast_equal(pred: str, ref: str) -> bool | None:
 
     Says True when both sides are the same rational number; says False only when both are
     plain integers of at most 15 digits (where math-verify's tolerances cannot make them
-    equal). Tested against math-verify in tests/test_verify.py.
+    equal). Tested against math-verify in tests/test_verify.py: the verdicts agree wherever
+    math-verify can parse both sides; in addition a trailing period (`\\boxed{12.}`), which
+    math-verify fails to parse, is read as the number.
     """
     p, r = parse_number(pred), parse_number(ref)
     if p is None or r is None:
@@ -278,52 +283,72 @@ def _with_alarm(pred: str, ref: str, timeout_s: float) -> bool:
         signal.signal(signal.SIGALRM, old)
 
 
-def _worker_main(conn) -> None:
-    while True:
-        try:
-            pred, ref, timeout_s = conn.recv()
-        except EOFError:
-            return
-        try:
-            conn.send(("ok", _with_alarm(pred, ref, timeout_s)))
-        except _Timeout:
-            conn.send(("timeout", None))
-        except Exception as e:  # a math-verify crash on odd input is "cannot judge", reported
-            conn.send(("error", f"{type(e).__name__}: {e}"[:200]))
-
-
 class _Worker:
-    """A child process that runs math-verify for threads that cannot use SIGALRM (Prefect
-    runs tasks in worker threads). A comparison that overruns its limit kills the child."""
+    """A child process that runs math-verify, killed when a comparison overruns its limit.
+
+    A SIGALRM in the same process is not enough: `9^{9^{9^{9}}}` makes sympy compute a huge
+    integer power inside C code, where no Python signal handler runs, and it never returns
+    (measured: still running after 120 s). Only killing the process bounds it. The child also
+    sets its own alarm, which ends the ordinary slow cases without a restart. It is a plain
+    subprocess (not multiprocessing), so it works from any thread and any main module.
+    """
+
+    #: Seconds allowed for the child to start (it imports sympy and math-verify).
+    START_TIMEOUT_S = 120.0
+    #: Extra seconds, past the limit, before the child is killed.
+    KILL_MARGIN_S = 1.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
+        self._buf = b""
 
     def _start(self) -> None:
-        ctx = mp.get_context("spawn")  # fork after torch/threads started is unsafe
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
-        self._proc.start()
-        self._conn = parent
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "spark_core.verify_worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
+        )
+        self._buf = b""
+        if self._read_line(self.START_TIMEOUT_S) is None:
+            self._kill()
+            raise RuntimeError("math-verify helper process did not start")
 
     def _kill(self) -> None:
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join()
-        self._proc = self._conn = None
+            self._proc.wait()
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                pipe.close()
+        self._proc = None
+
+    def _read_line(self, timeout_s: float) -> list | None:
+        deadline = time.monotonic() + timeout_s
+        fd = self._proc.stdout.fileno()
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError("helper process exited")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
 
     def equal(self, pred: str, ref: str, timeout_s: float) -> tuple[str, object]:
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
+            if self._proc is None or self._proc.poll() is not None:
                 self._start()
-            self._conn.send((pred, ref, timeout_s))
-            # The child's own alarm normally fires first; the margin covers its start-up.
-            if self._conn.poll(timeout_s + 30.0):
-                return self._conn.recv()
-            self._kill()
-            return ("timeout", None)
+            try:
+                self._proc.stdin.write((json.dumps([pred, ref, timeout_s]) + "\n").encode())
+                reply = self._read_line(timeout_s + self.KILL_MARGIN_S)
+            except (EOFError, OSError) as e:  # the child died (e.g. out of memory)
+                self._kill()
+                return ("error", f"helper process died: {type(e).__name__}")
+            if reply is None:
+                self._kill()
+                return ("timeout", None)
+            return tuple(reply)
 
 
 _WORKER = _Worker()
@@ -332,19 +357,13 @@ _WORKER = _Worker()
 def math_equal(pred: str, ref: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tuple[bool | None, str | None]:
     """(equal, error): fast path for plain numbers, else math-verify limited to `timeout_s`.
 
-    On the main thread the limit is a SIGALRM timer; elsewhere the comparison runs in a
-    helper process that is killed when it overruns. A timeout gives (None, "timeout ...").
+    math-verify runs in a helper process (see `_Worker`), which works from any thread
+    (Prefect runs tasks in worker threads, where SIGALRM cannot be used). A timeout gives
+    (None, "math-verify timed out ...").
     """
     fast = fast_equal(pred, ref)
     if fast is not None:
         return fast, None
-    if threading.current_thread() is threading.main_thread():
-        try:
-            return _with_alarm(pred, ref, timeout_s), None
-        except _Timeout:
-            return None, f"math-verify timed out after {timeout_s:g}s"
-        except Exception as e:
-            return None, f"math-verify failed: {type(e).__name__}: {e}"[:200]
     status, value = _WORKER.equal(pred, ref, timeout_s)
     if status == "ok":
         return bool(value), None

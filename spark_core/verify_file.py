@@ -66,11 +66,13 @@ def _text(row: dict, field: str, max_chars: int, reference: bool) -> tuple[str |
 
 
 def _column(values: list[Any]) -> pa.Array:
-    """An Arrow column for input values; mixed types fall back to their JSON text."""
+    """An Arrow column for input values; mixed types become text (strings as they are, other
+    values as JSON), so a file with a wrong-typed row still gets written whole."""
     try:
         return pa.array(values)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError):
-        return pa.array([None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in values], pa.string())
+        text = [v if v is None or isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False) for v in values]
+        return pa.array(text, pa.string())
 
 
 def verify_file(

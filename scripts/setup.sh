@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install the project into it; a no-op when pyproject.toml is unchanged.
+# SPARK_TORCH picks the torch wheel (default: the CPU build 2.13.0, which lies on this kind
+# of machine's disk; on a GPU machine use e.g. SPARK_TORCH="torch==2.14.1").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.spark-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "setting up .venv (first time: about 2 minutes)..." >&2
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .venv/bin/python -m pip install -q "${SPARK_TORCH:-torch==2.13.0}" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  .venv/bin/python -c "import spark_core, torch, transformers, prefect, mlflow, duckdb, math_verify" \
+    || { echo "error: installation failed (see messages above)" >&2; exit 1; }
+  echo "$want" > "$stamp"
+fi
