@@ -11,11 +11,16 @@ fi
 stamp=.venv/.spark-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "setting up .venv (first time: about 2 minutes)..." >&2
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  .venv/bin/python -m pip install -q "${SPARK_TORCH:-torch==2.13.0}" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  .venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
-  .venv/bin/python -c "import spark_core, torch, transformers, prefect, mlflow, duckdb, math_verify" \
-    || { echo "error: installation failed (see messages above)" >&2; exit 1; }
+  echo "setting up .venv (first time: about 2 minutes; log in .venv/install.log)..." >&2
+  {
+    .venv/bin/python -m pip install --upgrade pip &&
+    .venv/bin/python -m pip install "${SPARK_TORCH:-torch==2.13.0}" &&
+    .venv/bin/python -m pip install -e ".[dev]" &&
+    .venv/bin/python -c "import spark_core, torch, transformers, prefect, mlflow, duckdb, math_verify"
+  } > .venv/install.log 2>&1 || {
+    grep -v "^WARNING: Location" .venv/install.log | tail -20 >&2
+    echo "error: installation failed (full log: .venv/install.log)" >&2
+    exit 1
+  }
   echo "$want" > "$stamp"
 fi
