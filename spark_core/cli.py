@@ -139,5 +139,58 @@ def prepare(
     typer.echo(f"problems: {rows['train']} train, {rows['held_out']} held-out in {run} (config {manifest['config_hash']})")
 
 
+@app.command()
+def sample(
+    prompt: str = typer.Argument(..., help="The user message."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory with a chat template."),
+    n: int = typer.Option(4, "-n", help="Samples to draw."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0: greedy)."),
+    max_new_tokens: int = typer.Option(64, help="Longest response in tokens."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
+) -> None:
+    """Sample responses to one prompt through the chat template (a quick look at a checkpoint)."""
+    from spark_core.checkpoint import CheckpointError
+    from spark_core.rollout import EngineError, SamplingSpec, make_engine
+
+    try:
+        eng = make_engine(engine, checkpoint, seed=seed)
+    except (CheckpointError, EngineError) as e:
+        _fail(str(e))
+    spec = SamplingSpec(group_size=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    for s in eng.generate([prompt], spec)[0]:
+        typer.echo(f"[{s.finish_reason}, {len(s.token_ids)} tokens, logp {sum(s.logprobs):.2f}] {s.text}")
+    eng.close()
+
+
+@app.command()
+def bootstrap(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults; see its bootstrap: section)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint directory (default: the config's model.path, data/tiny-model)."),
+    capacity_check: bool = typer.Option(False, "--capacity-check", help="Then prove judging is learnable: train on true labels to the target, report the time; weights discarded."),
+) -> None:
+    """Build the tiny warm-start model from scratch on the CPU and save it as a Hugging Face checkpoint."""
+    from spark_core.bootstrap import bootstrap as run_bootstrap
+    from spark_core.config import load_config
+
+    try:
+        cfg = load_config(config)
+    except InputError as e:
+        _fail(str(e))
+    target = out or Path(cfg.model.path)
+    m = run_bootstrap(cfg, target, capacity_check=capacity_check)
+    typer.echo(
+        f"bootstrap: {m['parameters']:,} parameters, {m['steps']} steps, {m['seconds']:.0f}s -> {target}\n"
+        f"  solve accuracy (held-out, T=1): {m['solve_accuracy']:.3f}  (greedy {m['solve_accuracy_greedy']:.3f})\n"
+        f"  judge parse rate: {m['judge_parse_rate']:.3f}  judge accuracy: {m['judge_accuracy']:.3f} "
+        f"(pointwise {m['judge_pointwise_accuracy']:.3f}, pairwise {m['judge_pairwise_accuracy']:.3f})"
+    )
+    if capacity_check:
+        typer.echo(
+            f"  capacity check: judge accuracy {m['capacity_judge_accuracy']:.3f} with true labels "
+            f"after {m['capacity_seconds']:.0f}s ({m['capacity_steps']} steps)"
+        )
+
+
 if __name__ == "__main__":
     app()

@@ -66,6 +66,65 @@ class ProblemsConfig(_Section):
     """Generator knobs, used when source is `synthetic`."""
 
 
+class TinyModelConfig(_Section):
+    """Shape of the tiny Llama model that `spark bootstrap` builds (0.87M parameters by default)."""
+
+    hidden: int = Field(128, ge=8)
+    """Hidden size."""
+    layers: int = Field(4, ge=1)
+    """Transformer blocks."""
+    heads: int = Field(4, ge=1)
+    """Attention heads (hidden must divide by it)."""
+    intermediate: int = Field(512, ge=8)
+    """MLP width."""
+    max_positions: int = Field(256, ge=32)
+    """Longest sequence, prompt and response together, in tokens (bytes)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "TinyModelConfig":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be a multiple of heads ({self.heads})")
+        return self
+
+
+class BootstrapConfig(_Section):
+    """Supervised training of the tiny warm-start model (spark_core/bootstrap.py)."""
+
+    model: TinyModelConfig = TinyModelConfig()
+    """Architecture."""
+    batch_size: int = Field(64, ge=1)
+    """Examples per step."""
+    lr: float = Field(2e-3, gt=0)
+    """AdamW learning rate after warm-up."""
+    warmup_steps: int = Field(100, ge=1)
+    """Linear warm-up steps."""
+    mix: tuple[float, float, float, float] = (0.4, 0.25, 0.25, 0.1)
+    """Shares of solve, pointwise, pairwise and reflection examples."""
+    target_solve_accuracy: float = Field(0.45, gt=0, le=1)
+    """Stop once held-out solve accuracy sampling at temperature 1 reaches this."""
+    min_steps: int = Field(400, ge=0)
+    """Steps before the first stopping check."""
+    max_minutes: float = Field(45.0, gt=0)
+    """Wall-clock limit of the training loop."""
+    eval_every: int = Field(100, ge=1)
+    """Steps between stopping checks."""
+    eval_problems: int = Field(200, ge=10)
+    """Held-out problems used by the checks and the final metrics."""
+    capacity_target: float = Field(0.9, gt=0, le=1)
+    """Judge accuracy the capacity check must reach with true labels."""
+    capacity_max_minutes: float = Field(20.0, gt=0)
+    """Wall-clock limit of the capacity check."""
+    threads: int = Field(0, ge=0)
+    """torch CPU threads (0: torch's default, all cores)."""
+
+
+class ModelConfig(_Section):
+    """The base model every run starts from."""
+
+    path: str = "data/tiny-model"
+    """A Hugging Face causal-LM directory (relative paths: to the repository root)."""
+
+
 class SparkConfig(_Section):
     """A whole SPARK run."""
 
@@ -73,6 +132,10 @@ class SparkConfig(_Section):
     """Seed for every random choice; the same config and seed give the same tables."""
     problems: ProblemsConfig = ProblemsConfig()
     """Training and held-out problems."""
+    model: ModelConfig = ModelConfig()
+    """Base model."""
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    """How `spark bootstrap` builds the tiny base model."""
 
     def resolved(self) -> dict:
         """Every field, defaults included, as plain JSON-able data."""

@@ -1,0 +1,337 @@
+"""Rollout engines: sample G responses per chat prompt, with the sampling policy's log-probs.
+
+One interface, two engines:
+
+- `HFEngine` (default): a Hugging Face causal LM on CPU or CUDA (bf16 on GPU). Prompts are
+  sorted by length and batched with left padding; each batch decodes with a KV cache and
+  stops per sequence at EOS. Its own sampling loop (temperature, top-p, a seeded
+  `torch.Generator`) keeps only the sampled token's log-prob per step, so memory does not grow
+  with vocabulary x length as `generate(output_logits=True)` would.
+- `VLLMEngine`: `vllm.LLM` on a checkpoint directory, `SamplingParams(n=G, logprobs=0)`;
+  imported only when selected, GPU memory released by `close()`.
+
+Log-probabilities are those of the sampled tokens under `softmax(logits / temperature)`,
+the distribution the trainer recomputes (top-p truncation is not folded in; with the default
+`top_p = 1.0` the two are the same). Token ids include the EOS token when the response
+stopped on it (`finish_reason = "stop"`); a response cut by `max_new_tokens` ends with
+`finish_reason = "length"`.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence, Union
+
+import torch
+
+from spark_core.checkpoint import CheckpointError, load_checkpoint, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+Messages = list[dict]
+Prompt = Union[str, Messages]
+
+
+class EngineError(RuntimeError):
+    """An engine that cannot run here (missing package, no GPU), with the fix."""
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """How to sample: G responses per prompt."""
+
+    group_size: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int = 0
+
+
+@dataclass
+class Sample:
+    """One sampled response."""
+
+    prompt_index: int
+    sample_index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+    prompt_ids: list[int] = field(default_factory=list, repr=False)
+
+
+class Engine(Protocol):
+    def generate(self, prompts: Sequence[Prompt], spec: SamplingSpec) -> list[list[Sample]]:
+        """G samples for each prompt, in prompt order."""
+
+    def close(self) -> None:
+        """Release the model (and GPU memory)."""
+
+
+def as_messages(prompt: Prompt) -> Messages:
+    """A bare string is one user message."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    except KeyError:
+        raise EngineError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
+
+
+def _progress(total: int, desc: str):
+    """A tqdm bar on a terminal; otherwise None (the caller logs plain lines)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="seq", leave=False)
+
+
+# --------------------------------------------------------------------------- sampling maths
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, V) logits -> (tokens (B,), log-probs (B,) under softmax(logits / T)).
+
+    temperature 0 is greedy. top_p < 1 samples from the smallest set of tokens whose
+    probability reaches top_p (the log-prob returned is still the untruncated one).
+    """
+    logits = logits.float()
+    if temperature <= 0:
+        tokens = logits.argmax(-1)  # (B,)
+        logp = torch.log_softmax(logits, -1)  # (B, V)
+        return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+    logp = torch.log_softmax(logits / temperature, -1)  # (B, V)
+    probs = logp.exp()
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)  # (B, V)
+        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
+        sorted_p = sorted_p * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+    return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- Hugging Face engine
+
+
+def _cache_arg() -> str:
+    """transformers 5.2x renamed `past_key_values` to `cache`; support both."""
+    import inspect
+
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+_CACHE_ARG = _cache_arg()
+
+
+class HFEngine:
+    """Batched sampling with a Hugging Face causal LM (see module docstring)."""
+
+    def __init__(
+        self,
+        model_or_path,
+        tokenizer=None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_batch_sequences: int = 512,
+    ):
+        self.device = pick_device(device)
+        if isinstance(model_or_path, (str, Path)):
+            self.model, self.tokenizer = load_checkpoint(model_or_path, self.device, pick_dtype(dtype, self.device))
+        else:
+            if tokenizer is None:
+                raise EngineError("HFEngine given a model object also needs its tokenizer")
+            self.model, self.tokenizer = model_or_path, tokenizer
+        self.max_batch_sequences = max_batch_sequences
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> list[int]:
+        ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        if not ids:
+            raise CheckpointError("the model has no EOS token: responses could never stop")
+        return ids
+
+    def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
+        """Prompt token ids through the chat template."""
+        texts = [
+            self.tokenizer.apply_chat_template(as_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts
+        ]
+        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], spec: SamplingSpec) -> list[list[Sample]]:
+        encoded = self.encode(prompts)
+        g = spec.group_size
+        per_batch = max(1, self.max_batch_sequences // g)
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths: less padding
+        gen = torch.Generator(device=self.device).manual_seed(spec.seed)
+        results: list[list[Sample]] = [[] for _ in encoded]
+        bar = _progress(len(encoded) * g, "rollout")
+        start, done = time.monotonic(), 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for b in range(0, len(order), per_batch):
+                idx = order[b : b + per_batch]
+                rows = [encoded[i] for i in idx for _ in range(g)]
+                tokens, logps, finished = self._decode(rows, spec, gen)
+                for r, (i, s) in enumerate((i, s) for i in idx for s in range(g)):
+                    n = len(tokens[r])
+                    results[i].append(
+                        Sample(i, s, self.tokenizer.decode(tokens[r], skip_special_tokens=True), tokens[r], logps[r],
+                               "stop" if finished[r] else "length", len(encoded[i]), encoded[i])
+                    )
+                    done += 1
+                if bar is not None:
+                    bar.update(len(rows))
+                else:
+                    log.info("rollout: %d/%d sequences, %.1fs", done, len(encoded) * g, time.monotonic() - start)
+        finally:
+            if bar is not None:
+                bar.close()
+            self.model.train(was_training)
+        return results
+
+    def _decode(self, rows: list[list[int]], spec: SamplingSpec, gen: torch.Generator):
+        """Left-padded batch decode with KV cache; per row: tokens, log-probs, stopped-on-EOS."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # (B, T)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)  # (B, T)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
+        eos = torch.tensor(self.eos_ids, device=self.device)
+        B = len(rows)
+        out_tokens = torch.full((B, spec.max_new_tokens), pad, device=self.device)  # (B, L)
+        out_logps = torch.zeros((B, spec.max_new_tokens), device=self.device)  # (B, L)
+        lengths = torch.zeros(B, dtype=torch.long, device=self.device)  # (B,)
+        alive = torch.ones(B, dtype=torch.bool, device=self.device)  # (B,)
+        stopped = torch.zeros(B, dtype=torch.bool, device=self.device)  # (B,)
+        past = None
+        step_ids, step_pos = ids, positions
+        for t in range(spec.max_new_tokens):
+            out = self.model(
+                input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                use_cache=True, logits_to_keep=1, **{_CACHE_ARG: past},
+            )
+            past = getattr(out, _CACHE_ARG)
+            tok, lp = sample_next(out.logits[:, -1, :], spec.temperature, spec.top_p, gen)  # (B,), (B,)
+            tok = torch.where(alive, tok, torch.full_like(tok, pad))
+            out_tokens[:, t] = tok
+            out_logps[:, t] = torch.where(alive, lp, torch.zeros_like(lp))
+            lengths += alive.long()
+            hit = alive & torch.isin(tok, eos)
+            stopped |= hit
+            alive &= ~hit
+            if not alive.any():
+                break
+            step_ids = tok[:, None]  # (B, 1)
+            step_pos = step_pos[:, -1:] + 1  # (B, 1)
+            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=self.device)], dim=1)
+        toks, lps = out_tokens.tolist(), out_logps.tolist()
+        lens, stop = lengths.tolist(), stopped.tolist()
+        return [toks[r][: lens[r]] for r in range(B)], [lps[r][: lens[r]] for r in range(B)], stop
+
+    def close(self) -> None:
+        self.model = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- vLLM engine
+
+
+class VLLMEngine:
+    """`vllm.LLM` on a checkpoint directory (GPU only; `pip install -e ".[vllm]"`)."""
+
+    def __init__(self, path: str | Path, dtype: str = "auto", gpu_memory_utilization: float = 0.5, seed: int = 0):
+        try:
+            import vllm  # noqa: F401  (optional dependency, imported only when this engine is chosen)
+        except ImportError as e:
+            raise EngineError('the vllm engine needs vLLM: pip install -e ".[vllm]" (GPU machines); or set rollout.engine: hf') from e
+        if not torch.cuda.is_available():
+            raise EngineError("the vllm engine needs a CUDA GPU and none is visible; set rollout.engine: hf")
+        from vllm import LLM
+
+        self.tokenizer = load_tokenizer(path)
+        kwargs = dict(model=str(path), dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
+        try:
+            # Log-probs after temperature, like HFEngine's (vLLM >= 0.10.2); older vLLM returns raw ones.
+            self.llm = LLM(**kwargs, logprobs_mode="processed_logprobs")
+        except TypeError:
+            log.warning("this vLLM has no logprobs_mode: log-probs are of the raw logits (temperature not applied)")
+            self.llm = LLM(**kwargs)
+
+    def generate(self, prompts: Sequence[Prompt], spec: SamplingSpec) -> list[list[Sample]]:
+        from vllm import SamplingParams
+
+        encoded = [
+            self.tokenizer(
+                self.tokenizer.apply_chat_template(as_messages(p), add_generation_prompt=True, tokenize=False),
+                add_special_tokens=False,
+            )["input_ids"]
+            for p in prompts
+        ]
+        params = SamplingParams(
+            n=spec.group_size, temperature=spec.temperature, top_p=spec.top_p,
+            max_tokens=spec.max_new_tokens, seed=spec.seed, logprobs=0,
+        )
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=sys.stderr.isatty())
+        results = []
+        for i, out in enumerate(outputs):
+            group = []
+            for s, c in enumerate(out.outputs):
+                ids = list(c.token_ids)
+                lps = [step[tok].logprob for step, tok in zip(c.logprobs, ids)]
+                group.append(Sample(i, s, c.text, ids, lps, "stop" if c.finish_reason == "stop" else "length", len(encoded[i]), encoded[i]))
+            results.append(group)
+        return results
+
+    def close(self) -> None:
+        """Free the GPU for the training stage that follows."""
+        try:
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
+        except Exception:  # older/newer vLLM layouts: freeing the LLM object below is what matters
+            pass
+        self.llm = None
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+ENGINES = ("hf", "vllm")
+
+
+def make_engine(name: str, path: str | Path, device: str = "auto", dtype: str = "auto", seed: int = 0, **kwargs) -> Engine:
+    """The engine called `name` (`hf` | `vllm`) on checkpoint `path`."""
+    if name == "hf":
+        return HFEngine(path, device=device, dtype=dtype, **kwargs)
+    if name == "vllm":
+        return VLLMEngine(path, dtype=dtype, seed=seed, **kwargs)
+    raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -1,0 +1,176 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from spark_core.checkpoint import (
+    CheckpointError,
+    build_model,
+    build_tokenizer,
+    chat_prompt,
+    load_checkpoint,
+    save_checkpoint,
+)
+from spark_core.cli import app
+from spark_core.config import TinyModelConfig
+from spark_core.rollout import EngineError, HFEngine, SamplingSpec, make_engine, sample_next
+
+ARCH = TinyModelConfig(hidden=32, layers=2, heads=2, intermediate=64, max_positions=128)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny")
+    tok = build_tokenizer()
+    save_checkpoint(build_model(tok, ARCH, seed=0), tok, path)
+    return path
+
+
+def test_round_trip_through_auto_classes(ckpt):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert tok.chat_template and tok.eos_token == "<|end|>"
+    text = chat_prompt(tok, "12+34")
+    assert text == "<|user|>12+34<|end|><|assistant|>"
+    ids = tok(text + "12+34=46. \\boxed{46}", add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids, skip_special_tokens=True) == "12+3412+34=46. \\boxed{46}"
+    # every digit is one token, so arithmetic is seen digit by digit
+    assert len(tok("1234567890", add_special_tokens=False)["input_ids"]) == 10
+    fresh = build_model(build_tokenizer(), ARCH, seed=0)
+    for (n1, p1), (n2, p2) in zip(fresh.state_dict().items(), model.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    assert (ckpt / "generation_config.json").is_file()
+
+
+def test_same_seed_same_samples(ckpt):
+    eng = HFEngine(ckpt)
+    spec = SamplingSpec(group_size=3, max_new_tokens=12, seed=5)
+    a = eng.generate(["1+1", "23-4", "7"], spec)
+    b = eng.generate(["1+1", "23-4", "7"], spec)
+    c = eng.generate(["1+1", "23-4", "7"], SamplingSpec(group_size=3, max_new_tokens=12, seed=6))
+    ids = lambda r: [[s.token_ids for s in g] for g in r]  # noqa: E731
+    assert ids(a) == ids(b) and ids(a) != ids(c)
+    assert [len(g) for g in a] == [3, 3, 3]
+    assert all(s.prompt_index == i and s.sample_index == j for i, g in enumerate(a) for j, s in enumerate(g))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_logprobs_equal_a_fresh_forward_pass(ckpt, temperature):
+    model, tok = load_checkpoint(ckpt)
+    eng = HFEngine(model, tok)
+    prompts = ["1+1", "a much longer prompt 12+34-5", "9"]  # different lengths: left padding in play
+    groups = eng.generate(prompts, SamplingSpec(group_size=4, max_new_tokens=16, temperature=temperature, seed=1))
+    worst = 0.0
+    for g in groups:
+        for s in g:
+            ids = torch.tensor([s.prompt_ids + s.token_ids])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0].float() / temperature, -1)
+            start = len(s.prompt_ids) - 1
+            ref = logp[start : start + len(s.token_ids)].gather(-1, torch.tensor(s.token_ids)[:, None]).squeeze(-1)
+            worst = max(worst, (ref - torch.tensor(s.logprobs)).abs().max().item())
+    assert worst < 1e-4
+
+
+def test_finish_reasons_for_eos_and_length(ckpt):
+    model, tok = load_checkpoint(ckpt)
+    eng = HFEngine(model, tok)
+    spec = SamplingSpec(group_size=2, max_new_tokens=5, seed=0)
+    out = eng.generate(["1+1"], spec)[0]
+    assert all(s.finish_reason == "length" and len(s.token_ids) == 5 for s in out if tok.eos_token_id not in s.token_ids)
+    eos = tok.eos_token_id
+    calls = {"n": 0}
+
+    def force_eos_on_third_token(module, inputs, output):
+        calls["n"] += 1
+        if calls["n"] == 3:  # prefill, token 2, token 3 -> EOS
+            output = output.clone()
+            output[..., eos] += 1e4
+        return output
+
+    handle = model.lm_head.register_forward_hook(force_eos_on_third_token)
+    try:
+        s = eng.generate(["1+1"], SamplingSpec(group_size=1, max_new_tokens=10, seed=0))[0][0]
+    finally:
+        handle.remove()
+    assert s.finish_reason == "stop"
+    assert len(s.token_ids) == 3 and s.token_ids[-1] == eos and len(s.logprobs) == 3
+    assert "<|end|>" not in s.text
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.05, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    seen = {sample_next(logits, 1.0, 0.7, g)[0].item() for _ in range(200)}
+    assert seen == {0, 1}
+    tok, lp = sample_next(logits, 0.0, 1.0, None)
+    assert tok.item() == 0 and abs(lp.item() - torch.log(torch.tensor(0.6)).item()) < 1e-6
+
+
+def test_bad_model_dirs_fail_with_one_line(tmp_path, ckpt):
+    with pytest.raises(CheckpointError, match="no such model directory"):
+        load_checkpoint(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_checkpoint(tmp_path / "empty")
+    plain = tmp_path / "plain"
+    shutil.copytree(ckpt, plain)
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    cfg = json.loads((plain / "tokenizer_config.json").read_text())
+    cfg.pop("chat_template", None)
+    (plain / "tokenizer_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="no chat template"):
+        load_checkpoint(plain)
+    r = CliRunner().invoke(app, ["sample", "--checkpoint", str(plain), "1+1"])
+    assert r.exit_code == 2 and "no chat template" in r.output and len(r.output.strip().splitlines()) == 1
+    r = CliRunner().invoke(app, ["sample", "--checkpoint", str(tmp_path / "missing"), "1+1"])
+    assert r.exit_code == 2 and "no such model directory" in r.output
+
+
+def test_sample_cli(ckpt):
+    r = CliRunner().invoke(app, ["sample", "--checkpoint", str(ckpt), "-n", "2", "--max-new-tokens", "4", "12+34"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("[") >= 2
+
+
+def test_unknown_engine_and_vllm_without_it(ckpt):
+    with pytest.raises(EngineError, match="unknown engine"):
+        make_engine("nope", ckpt)
+    try:
+        import vllm  # noqa: F401
+
+        has_vllm = torch.cuda.is_available()
+    except ImportError:
+        has_vllm = False
+    if not has_vllm:
+        with pytest.raises(EngineError, match="vllm"):
+            make_engine("vllm", ckpt)
+
+
+def _vllm_ready() -> str | None:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return "vLLM is not installed (optional extra: pip install -e '.[vllm]')"
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA GPU and none is visible"
+    return None
+
+
+@pytest.mark.skipif(_vllm_ready() is not None, reason=str(_vllm_ready()))
+def test_vllm_engine_matches_the_interface(ckpt):
+    eng = make_engine("vllm", ckpt, seed=0)
+    try:
+        groups = eng.generate(["1+1", "23-4"], SamplingSpec(group_size=3, max_new_tokens=8, seed=0))
+    finally:
+        eng.close()
+    assert [len(g) for g in groups] == [3, 3]
+    for g in groups:
+        for s in g:
+            assert len(s.logprobs) == len(s.token_ids) and s.finish_reason in ("stop", "length")
