@@ -117,7 +117,7 @@ def make_example(kind: str, p: Problem, rng: random.Random, true_labels: bool, c
         tpl = rng.choice(templates("compact", "pointwise", wording))
         label = pointwise_label(correct, tpl.wording)
         shown = label if true_labels else pointwise_label(rng.random() < 0.5, tpl.wording)
-        return Example(kind, tpl.render(question=p.question, answer=cand), pointwise_trace(p, cand, shown), label)
+        return Example(kind, tpl.render(question=p.question, candidate=cand), pointwise_trace(p, cand, shown), label)
     if kind == "pairwise":
         slot = rng.choice("AB") if slot is None else slot
         wrong = str(near_miss(answer, rng))
