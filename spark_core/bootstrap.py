@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -153,8 +154,12 @@ def _batch(tok, examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, to
 
 
 def train_sft(model, tok, problems: list[Problem], s: BootstrapConfig, rng: random.Random, true_labels: bool,
-              stop, mix=None) -> tuple[int, float]:
-    """Supervised steps until `stop(step, seconds)` says so; returns (steps, seconds)."""
+              stop, mix=None, decay_seconds: float | None = None) -> tuple[int, float]:
+    """Supervised steps until `stop(step, seconds)` says so; returns (steps, seconds).
+
+    Learning rate: linear warm-up, then constant, or with `decay_seconds` a cosine decay to
+    10% over that much wall-clock time (the capacity check: its end is a time budget).
+    """
     mix = mix or s.mix
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.98), weight_decay=0.0)
     model.train()
@@ -163,8 +168,11 @@ def train_sft(model, tok, problems: list[Problem], s: BootstrapConfig, rng: rand
         seconds = time.monotonic() - start
         if stop(step, seconds):
             return step, seconds
-        for g in opt.param_groups:  # linear warm-up, then constant: the stopping point is not known ahead
-            g["lr"] = s.lr * min(1.0, (step + 1) / s.warmup_steps)
+        scale = min(1.0, (step + 1) / s.warmup_steps)
+        if decay_seconds:
+            scale *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, seconds / decay_seconds)))
+        for g in opt.param_groups:
+            g["lr"] = s.lr * scale
         kinds = rng.choices(KINDS, weights=mix, k=s.batch_size)
         ids, labels, mask = _batch(tok, [make_example(k, rng.choice(problems), rng, true_labels) for k in kinds])
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
@@ -294,7 +302,8 @@ def capacity(model, tok, train: list[Problem], held: list[Problem], s: Bootstrap
         return reached["judge_accuracy"] >= s.capacity_target
 
     # Mostly judging, some solving so the traces' arithmetic does not decay.
-    steps, seconds = train_sft(model, tok, train, s, rng, true_labels=True, stop=stop, mix=(0.2, 0.35, 0.35, 0.1))
+    steps, seconds = train_sft(model, tok, train, s, rng, true_labels=True, stop=stop, mix=(0.2, 0.35, 0.35, 0.1),
+                               decay_seconds=s.capacity_max_minutes * 60)
     return {
         "capacity_judge_accuracy": reached.get("judge_accuracy", 0.0),
         "capacity_judge_pointwise_accuracy": reached.get("judge_pointwise_accuracy"),

@@ -112,8 +112,8 @@ class BootstrapConfig(_Section):
     """Held-out problems used by the checks and the final metrics."""
     capacity_target: float = Field(0.9, gt=0, le=1)
     """Judge accuracy the capacity check must reach with true labels."""
-    capacity_max_minutes: float = Field(20.0, gt=0)
-    """Wall-clock limit of the capacity check."""
+    capacity_max_minutes: float = Field(25.0, gt=0)
+    """Wall-clock limit of the capacity check; its learning rate decays (cosine) over it."""
     threads: int = Field(0, ge=0)
     """torch CPU threads (0: torch's default, all cores)."""
 

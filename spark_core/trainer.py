@@ -1,0 +1,184 @@
+"""One GRPO update period over a batch of verified rollouts (policy or reward phase).
+
+The batch is split into mini-batches of `mini_batch_size` sequences, one optimizer step each;
+each mini-batch into micro-batches of `micro_batch_size` whose gradients accumulate, so
+memory stays flat as the batch grows. Every micro-batch's loss is weighted by its share of
+the mini-batch's response tokens, which makes the accumulated gradient exactly the
+token-mean over the mini-batch (a plain mean of micro-batch means would not be).
+
+AdamW (betas 0.9, 0.95, weight decay 0), gradient clipping at 1.0, and one learning-rate
+schedule whose step counter runs through policy *and* reward periods (the authors' schedule
+counted policy steps only, so reward steps ran past its end). A non-finite loss or gradient
+norm skips the step (logged, `skipped` in the `updates` row) and never reaches the weights.
+Optimizer and scheduler state are saved beside the Hugging Face checkpoint, so a resumed run
+continues exactly where it stopped. CUDA when present, CPU otherwise, the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from spark_core.grpo import policy_loss, token_entropy, token_logprobs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation knobs (from the config's `train:` section)."""
+
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    total_steps: int = 1000  # optimizer steps over the whole run, policy and reward together
+    schedule: str = "constant"  # constant | cosine (after warm-up)
+    mini_batch_size: int = 64
+    micro_batch_size: int = 16
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    beta: float = 0.001
+    agg: str = "token-mean"
+    entropy_coef: float = 0.0
+    temperature: float = 1.0  # the sampling temperature: log-probs are recomputed under it
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class Sequence_:
+    """One rollout as the trainer sees it."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    old_logprobs: list[float]
+    advantage: float
+
+
+def lr_lambda(s: TrainSettings):
+    def f(step: int) -> float:
+        if step < s.warmup_steps:
+            return (step + 1) / s.warmup_steps
+        if s.schedule == "cosine":
+            done = min(1.0, (step - s.warmup_steps) / max(1, s.total_steps - s.warmup_steps))
+            return 0.5 * (1 + math.cos(math.pi * done))
+        return 1.0
+
+    return f
+
+
+class Trainer:
+    """Holds the policy, the frozen reference, the optimizer and the schedule."""
+
+    def __init__(self, model, ref_model, settings: TrainSettings, pad_id: int, device: torch.device | None = None):
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = model.to(self.device)
+        self.ref = ref_model.to(self.device).eval() if ref_model is not None else None
+        if self.ref is not None:
+            for p in self.ref.parameters():
+                p.requires_grad_(False)
+        self.s = settings
+        self.pad_id = pad_id
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(settings))
+        self.step = 0
+
+    # ----------------------------------------------------------------------- one period
+
+    def train_period(self, batch: Sequence[Sequence_], phase: str, lr_scale: float = 1.0) -> list[dict]:
+        """One pass over `batch`; returns one `updates` row per optimizer step."""
+        rows = []
+        self.model.train()
+        for start in range(0, len(batch), self.s.mini_batch_size):
+            rows.append(self._optimizer_step(batch[start : start + self.s.mini_batch_size], phase, lr_scale))
+        return rows
+
+    def _optimizer_step(self, mini: Sequence[Sequence_], phase: str, lr_scale: float) -> dict:
+        t0 = time.monotonic()
+        total_tokens = sum(len(x.response_ids) for x in mini)
+        self.opt.zero_grad(set_to_none=True)
+        sums = {k: 0.0 for k in ("loss", "policy_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high")}
+        finite = True
+        for m in range(0, len(mini), self.s.micro_batch_size):
+            micro = mini[m : m + self.s.micro_batch_size]
+            weight = sum(len(x.response_ids) for x in micro) / max(1, total_tokens)
+            loss, metrics = self._micro_loss(micro)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            (loss * weight).backward()
+            for k in sums:
+                sums[k] += metrics.get(k, 0.0) * weight
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm) if finite else torch.tensor(float("nan"))
+        finite = finite and bool(torch.isfinite(grad_norm))
+        base_lr = self.sched.get_last_lr()[0]
+        if finite:
+            for g in self.opt.param_groups:
+                g["lr"] = base_lr * lr_scale
+            self.opt.step()
+        else:
+            log.warning("%s step %d: non-finite loss or gradient, step skipped", phase, self.step)
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()  # the schedule advances either way: a skipped step still used its slot
+        row = dict(phase=phase, step=self.step, **{k: float(v) if finite else float("nan") for k, v in sums.items()},
+                   grad_norm=float(grad_norm), lr=base_lr * lr_scale, tokens=total_tokens,
+                   seconds=time.monotonic() - t0, skipped=not finite)
+        self.step += 1
+        return row
+
+    def _micro_loss(self, micro: Sequence[Sequence_]):
+        """Loss and metrics of one micro-batch: token-mean over its response tokens."""
+        width = max(len(x.prompt_ids) + len(x.response_ids) for x in micro)
+        resp_width = max(len(x.response_ids) for x in micro)
+        B = len(micro)
+        ids = torch.full((B, width), self.pad_id, dtype=torch.long)  # (B, W) right-padded
+        attn = torch.zeros((B, width), dtype=torch.long)  # (B, W)
+        resp_index = torch.zeros((B, resp_width), dtype=torch.long)  # (B, R): position predicting each response token
+        tokens = torch.full((B, resp_width), self.pad_id, dtype=torch.long)  # (B, R)
+        mask = torch.zeros((B, resp_width), dtype=torch.bool)  # (B, R)
+        old = torch.zeros((B, resp_width))  # (B, R)
+        for i, x in enumerate(micro):
+            p, r = len(x.prompt_ids), len(x.response_ids)
+            ids[i, : p + r] = torch.tensor(x.prompt_ids + x.response_ids)
+            attn[i, : p + r] = 1
+            resp_index[i, :r] = torch.arange(p - 1, p - 1 + r)
+            tokens[i, :r] = torch.tensor(x.response_ids)
+            mask[i, :r] = True
+            old[i, :r] = torch.tensor(x.old_logprobs, dtype=torch.float32)
+        adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32)  # (B,)
+        ids, attn, resp_index, tokens, mask, old, adv = (
+            t.to(self.device) for t in (ids, attn, resp_index, tokens, mask, old, adv)
+        )
+        logits = self.model(input_ids=ids, attention_mask=attn).logits  # (B, W, V)
+        logits = torch.gather(logits, 1, resp_index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, R, V)
+        logp = token_logprobs(logits, tokens, self.s.temperature)  # (B, R)
+        entropy = token_entropy(logits.detach(), self.s.temperature) if self.s.entropy_coef == 0 else token_entropy(logits, self.s.temperature)
+        ref_logp = None
+        if self.ref is not None and self.s.beta > 0:
+            with torch.no_grad():
+                ref_logits = self.ref(input_ids=ids, attention_mask=attn).logits
+                ref_logits = torch.gather(ref_logits, 1, resp_index[..., None].expand(-1, -1, ref_logits.shape[-1]))
+                ref_logp = token_logprobs(ref_logits, tokens, self.s.temperature)  # (B, R)
+        return policy_loss(
+            logp, old, adv, mask.float(), clip_low=self.s.clip_low, clip_high=self.s.clip_high,
+            ref_logprobs=ref_logp, beta=self.s.beta, agg=self.s.agg, entropy=entropy, entropy_coef=self.s.entropy_coef,
+        )
+
+    # ----------------------------------------------------------------------- state
+
+    def save_state(self, path: Path) -> None:
+        """Optimizer, scheduler and step counter beside a save_pretrained directory."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "step": self.step},
+                   path / "trainer_state.pt")
+
+    def load_state(self, path: Path) -> None:
+        state = torch.load(Path(path) / "trainer_state.pt", map_location=self.device, weights_only=False)
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.step = state["step"]
