@@ -140,6 +140,29 @@ def prepare(
 
 
 @app.command()
+def recycle(
+    rollouts: Path = typer.Argument(..., help="JSONL or Parquet: prompt_id, question, response, the reference answer, optionally correct."),
+    output: Path = typer.Option(..., "-o", "--output", help="Write the judge rows here (Parquet, the judge_data schema)."),
+    reference_field: str = typer.Option("answer", help="Field holding the reference answer."),
+    seed: int = typer.Option(0, help="Seed of the recycling draws."),
+    template_set: str = typer.Option("compact", help="Templates: compact|paper."),
+    judge_input: str = typer.Option("answer", help="What the judge sees of a rollout: answer|cot|both."),
+    balance_labels: bool = typer.Option(False, help="Balance pairwise slots and pointwise wordings (a deviation from the authors' rules)."),
+    extract: str = typer.Option("auto", help="Answer extraction rule for responses."),
+) -> None:
+    """Recycle rollouts made anywhere into judge and reflection prompts with known labels."""
+    from spark_core.recycle_file import recycle_file
+
+    try:
+        report = recycle_file(rollouts, output, reference_field, seed, template_set, judge_input, balance_labels, extract)
+    except InputError as e:
+        _fail(str(e))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {len(report.result.rows)} judge rows to {output}")
+
+
+@app.command()
 def sample(
     prompt: str = typer.Argument(..., help="The user message."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory with a chat template."),
