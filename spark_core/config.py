@@ -125,6 +125,77 @@ class ModelConfig(_Section):
     """A Hugging Face causal-LM directory (relative paths: to the repository root)."""
 
 
+class RolloutConfig(_Section):
+    """Sampling responses (spark_core/rollout.py)."""
+
+    engine: Literal["hf", "vllm"] = "hf"
+    """`hf` (CPU or GPU) or `vllm` (GPU, optional extra)."""
+    device: str = "auto"
+    """`auto` (CUDA when present), `cpu` or `cuda`."""
+    dtype: str = "auto"
+    """`auto` (bf16 on GPU, float32 on CPU), `float32`, `bfloat16`, `float16`."""
+    batch_prompts: int = Field(32, ge=2)
+    """B: problems per policy period; the reward period takes at most B/2 judge and B/2 reflection prompts."""
+    group_size: int = Field(8, ge=2)
+    """G: responses sampled per prompt."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the policy period."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Longest policy response, in tokens."""
+    judge_max_new_tokens: int = Field(96, ge=1)
+    """Longest judge or reflection response, in tokens."""
+
+
+class TrainConfig(_Section):
+    """GRPO optimisation (spark_core/grpo.py, spark_core/trainer.py)."""
+
+    lr: float = Field(1e-4, gt=0)
+    """AdamW learning rate (betas 0.9/0.95, weight decay 0)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up, in optimizer steps of either phase."""
+    schedule: Literal["constant", "cosine"] = "constant"
+    """After warm-up; the cosine spans every optimizer step of the run, policy and reward."""
+    mini_batch_size: int = Field(256, ge=1)
+    """Sequences per optimizer step."""
+    micro_batch_size: int = Field(64, ge=1)
+    """Sequences per forward/backward (gradient accumulation); memory stays flat."""
+    advantage: Literal["grpo", "drgrpo"] = "grpo"
+    """Group advantage: GRPO (divide by the n-1 std) or Dr. GRPO (no std division)."""
+    clip_low: float = Field(0.2, ge=0)
+    """Lower clip of the ratio: 1 - clip_low."""
+    clip_high: float = Field(0.28, ge=0)
+    """Upper clip: 1 + clip_high (clip-higher, DAPO; 0.2 is symmetric PPO)."""
+    beta: float = Field(0.001, ge=0)
+    """k3 KL coefficient to the frozen base model, in the loss (paper: 0.001)."""
+    agg: Literal["token-mean", "seq-mean-token-mean"] = "token-mean"
+    """Loss aggregation (paper: token mean over the batch)."""
+    entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus of the policy period."""
+
+
+class SparkMethodConfig(_Section):
+    """What SPARK adds to GRPO: recycling and the reward period (spark_core/recycle.py, periods.py)."""
+
+    template_set: Literal["compact", "paper"] = "compact"
+    """Judge/reflection templates: `compact` (tiny model) or `paper` (many phrasings)."""
+    judge_input: Literal["answer", "cot", "both"] = "answer"
+    """What the judge sees of a rollout: its answer (authors' code), its chain of thought, or both."""
+    mixed_pointwise: float = Field(0.3, ge=0, le=1)
+    """Mixed groups: probability of a pointwise sample instead of a pairwise one (paper: 0.3)."""
+    balance_labels: bool = False
+    """Balance Yes/No, A/B labels per batch (a deviation from the authors' rules; off = exact rules)."""
+    reward_lr_scale: float = Field(1.0, gt=0)
+    """Learning-rate multiplier of the reward period (it shares weights with the policy)."""
+    reward_temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the reward period."""
+    reward_entropy_coef: float = Field(0.0, ge=0)
+    """Entropy bonus of the reward period (a collapse safeguard)."""
+    reward_clip_high: float | None = None
+    """Upper clip for the reward period (None: train.clip_high)."""
+
+
 class SparkConfig(_Section):
     """A whole SPARK run."""
 
@@ -136,6 +207,12 @@ class SparkConfig(_Section):
     """Base model."""
     bootstrap: BootstrapConfig = BootstrapConfig()
     """How `spark bootstrap` builds the tiny base model."""
+    rollout: RolloutConfig = RolloutConfig()
+    """Sampling."""
+    train: TrainConfig = TrainConfig()
+    """GRPO optimisation."""
+    spark: SparkMethodConfig = SparkMethodConfig()
+    """Recycling and the reward period."""
 
     def resolved(self) -> dict:
         """Every field, defaults included, as plain JSON-able data."""

@@ -11,7 +11,7 @@ import logging
 import time
 from pathlib import Path
 
-from spark_core.config import SparkConfig
+from spark_core.config import SparkConfig, config_hash
 from spark_core.problems import problem_sets
 from spark_core.store import clean_staging, read_manifest, stage_complete, write_manifest, write_table
 
@@ -25,8 +25,10 @@ def prepare_problems(cfg: SparkConfig, run_dir: Path) -> dict:
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if stage_complete(run_dir, "problems", None, cfg.hash()):
-        log.info("problems: complete for config %s, skipped", cfg.hash())
+    # Only what this stage depends on: a change of learning rate must not redo the problems.
+    key = config_hash({"seed": cfg.seed, "problems": cfg.problems.model_dump(mode="json")})
+    if stage_complete(run_dir, "problems", None, key):
+        log.info("problems: complete for config %s, skipped", key)
         return read_manifest(run_dir, "problems", None)
     removed = clean_staging(run_dir)
     if removed:
@@ -36,7 +38,7 @@ def prepare_problems(cfg: SparkConfig, run_dir: Path) -> dict:
     rows = [p.to_row() | {"split": "train"} for p in train] + [p.to_row() | {"split": "held_out"} for p in held]
     path = write_table(run_dir, "problems", rows, part="problems")
     write_manifest(
-        run_dir, "problems", None, cfg.hash(),
+        run_dir, "problems", None, key,
         outputs={"problems": path},
         rows={"train": len(train), "held_out": len(held)},
         inputs={"source": cfg.problems.source},

@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -59,6 +60,15 @@ class Sequence_:
     advantage: float
 
 
+def settings_from_config(train, total_steps: int, temperature: float) -> TrainSettings:
+    """TrainSettings from a config.TrainConfig section."""
+    return TrainSettings(
+        lr=train.lr, warmup_steps=train.warmup_steps, total_steps=total_steps, schedule=train.schedule,
+        mini_batch_size=train.mini_batch_size, micro_batch_size=train.micro_batch_size, clip_low=train.clip_low,
+        clip_high=train.clip_high, beta=train.beta, agg=train.agg, entropy_coef=train.entropy_coef, temperature=temperature,
+    )
+
+
 def lr_lambda(s: TrainSettings):
     def f(step: int) -> float:
         if step < s.warmup_steps:
@@ -89,12 +99,20 @@ class Trainer:
 
     # ----------------------------------------------------------------------- one period
 
-    def train_period(self, batch: Sequence[Sequence_], phase: str, lr_scale: float = 1.0) -> list[dict]:
-        """One pass over `batch`; returns one `updates` row per optimizer step."""
+    def train_period(self, batch: Sequence[Sequence_], phase: str, lr_scale: float = 1.0, **overrides) -> list[dict]:
+        """One pass over `batch`; returns one `updates` row per optimizer step.
+
+        `overrides` replace loss settings for this period only (the reward period's own
+        temperature, clip_high or entropy_coef); the optimizer and schedule are shared.
+        """
         rows = []
         self.model.train()
-        for start in range(0, len(batch), self.s.mini_batch_size):
-            rows.append(self._optimizer_step(batch[start : start + self.s.mini_batch_size], phase, lr_scale))
+        base, self.s = self.s, replace(self.s, **overrides)
+        try:
+            for start in range(0, len(batch), self.s.mini_batch_size):
+                rows.append(self._optimizer_step(batch[start : start + self.s.mini_batch_size], phase, lr_scale))
+        finally:
+            self.s = base
         return rows
 
     def _optimizer_step(self, mini: Sequence[Sequence_], phase: str, lr_scale: float) -> dict:
@@ -123,7 +141,9 @@ class Trainer:
         else:
             log.warning("%s step %d: non-finite loss or gradient, step skipped", phase, self.step)
         self.opt.zero_grad(set_to_none=True)
-        self.sched.step()  # the schedule advances either way: a skipped step still used its slot
+        with warnings.catch_warnings():  # torch warns when a skipped step leaves opt.step() uncalled
+            warnings.simplefilter("ignore", UserWarning)
+            self.sched.step()  # the schedule advances either way: a skipped step still used its slot
         row = dict(phase=phase, step=self.step, **{k: float(v) if finite else float("nan") for k, v in sums.items()},
                    grad_norm=float(grad_norm), lr=base_lr * lr_scale, tokens=total_tokens,
                    seconds=time.monotonic() - t0, skipped=not finite)

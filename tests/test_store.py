@@ -16,6 +16,7 @@ from spark_core.store import (
     SCHEMAS,
     StoreError,
     manifest_path,
+    read_manifest,
     read_table,
     stage_complete,
     write_manifest,
@@ -80,15 +81,17 @@ def _problems_run(tmp_path):
 
 def test_prepare_stage_writes_and_skips(tmp_path):
     cfg = _problems_run(tmp_path)
-    assert stage_complete(tmp_path, "problems", None, cfg.hash())
+    assert read_manifest(tmp_path, "problems", None)["rows"] == {"train": 50, "held_out": 10}
     before = manifest_path(tmp_path, "problems", None).read_text()
     prepare_problems(cfg, tmp_path)  # complete: skipped, manifest untouched
     assert manifest_path(tmp_path, "problems", None).read_text() == before
     t = query(tmp_path, "select split, count(*) as n from problems group by split order by split")
     assert t.to_pylist() == [{"split": "held_out", "n": 10}, {"split": "train", "n": 50}]
-    # another config is not "complete"
-    other = SparkConfig(seed=1, problems=cfg.problems)
-    assert not stage_complete(tmp_path, "problems", None, other.hash())
+    # a change the stage depends on redoes it; one it does not depend on skips it
+    prepare_problems(SparkConfig(problems=cfg.problems, train={"lr": 0.5}), tmp_path)
+    assert manifest_path(tmp_path, "problems", None).read_text() == before
+    prepare_problems(SparkConfig(seed=1, problems=cfg.problems), tmp_path)
+    assert manifest_path(tmp_path, "problems", None).read_text() != before
 
 
 def test_same_config_and_seed_give_the_same_table(tmp_path):
