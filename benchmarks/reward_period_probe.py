@@ -14,7 +14,6 @@ import copy
 import random
 import time
 
-import torch
 
 from spark_core.bootstrap import judge_metrics, judge_set
 from spark_core.checkpoint import load_checkpoint

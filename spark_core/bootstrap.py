@@ -273,10 +273,9 @@ def bootstrap(cfg: SparkConfig, out: Path, capacity_check: bool = False) -> dict
     save_checkpoint(model, tok, out)
     metrics["seconds"] = round(time.monotonic() - start, 1)
     if capacity_check:
+        # Trains the in-memory model further; the checkpoint on disk was saved above, so the
+        # check's weights are thrown away with this process.
         metrics.update(capacity(model, tok, train, held_eval, s, cfg.seed))
-        from spark_core.checkpoint import load_checkpoint
-
-        model, tok = load_checkpoint(out)  # the check's weights are thrown away
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     # What built this checkpoint: a test checks the shipped one against the current config.
     (out / "bootstrap.json").write_text(json.dumps({"seed": cfg.seed, "problems": cfg.problems.model_dump(mode="json"),

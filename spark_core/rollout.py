@@ -200,7 +200,6 @@ class HFEngine:
                 rows = [encoded[i] for i in idx for _ in range(g)]
                 tokens, logps, finished = self._decode(rows, spec, gen)
                 for r, (i, s) in enumerate((i, s) for i in idx for s in range(g)):
-                    n = len(tokens[r])
                     results[i].append(
                         Sample(i, s, self.tokenizer.decode(tokens[r], skip_special_tokens=True), tokens[r], logps[r],
                                "stop" if finished[r] else "length", len(encoded[i]), encoded[i])
