@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Sequence
 
 from spark_core.templates import candidate_text, pointwise_label, templates
@@ -59,9 +59,7 @@ class JudgeRow:
     iteration_consumed: int | None = None
 
     def to_row(self) -> dict:
-        d = asdict(self)
-        d.pop("candidate_correct")
-        return d
+        return asdict(self)
 
 
 @dataclass
@@ -223,3 +221,48 @@ def select_batch(cache: Sequence[JudgeRow], batch_prompts: int, balance_labels: 
     m = min(points, (half - 2 * k) // 2)  # ... and pointwise again if pairs ran short
     chosen = {id(r) for r in pos[:m] + neg[:m] + slot_a[:k] + slot_b[:k]}
     return [r for r in judge if id(r) in chosen] + reflection
+
+
+# --------------------------------------------------------------------------- the FIFO cache in `judge_data`
+
+CACHE_PART = "recycle"
+
+
+def write_cache(run_dir, iteration: int, rows: Sequence[JudgeRow]):
+    """Add one iteration's recycled rows to the `judge_data` table (partition = iteration made)."""
+    from spark_core.store import write_table
+
+    return write_table(run_dir, "judge_data", [r.to_row() for r in rows], iteration=iteration, part=CACHE_PART)
+
+
+def take_from_cache(run_dir, iteration: int, batch_prompts: int, balance_labels: bool) -> list[JudgeRow]:
+    """The reward period's rows for `iteration`, oldest first, marked consumed in the table.
+
+    Rows still unconsumed, or consumed by this same iteration (a re-run after a crash), are
+    available, so re-running the stage selects the same rows and marks nothing twice. Each
+    changed partition is rewritten atomically.
+    """
+    import pyarrow.parquet as pq
+
+    from spark_core.store import part_path, write_table
+
+    available: list[JudgeRow] = []
+    partitions: dict[int, list[dict]] = {}
+    for made in range(iteration + 1):
+        path = part_path(run_dir, "judge_data", made, CACHE_PART)
+        if not path.is_file():
+            continue
+        rows = pq.read_table(path).to_pylist()
+        partitions[made] = rows
+        available += [JudgeRow(**r) for r in rows if r["iteration_consumed"] in (None, iteration)]
+    chosen = select_batch(available, batch_prompts, balance_labels)
+    ids = {r.judge_id for r in chosen}
+    for made, rows in partitions.items():
+        changed = False
+        for r in rows:
+            want = iteration if r["judge_id"] in ids else (None if r["iteration_consumed"] == iteration else r["iteration_consumed"])
+            if r["iteration_consumed"] != want:
+                r["iteration_consumed"], changed = want, True
+        if changed:
+            write_table(run_dir, "judge_data", rows, iteration=made, part=CACHE_PART)
+    return [replace(r, iteration_consumed=iteration) for r in chosen]

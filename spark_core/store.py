@@ -51,7 +51,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "judge_data": _schema(
         ("judge_id", _S), ("kind", _S), ("source_prompt_id", _S), ("source_sample_ids", pa.list_(_I32)),
         ("template_id", _S), ("judge_input", _S), ("prompt", _S), ("label", _S),
-        ("iteration_consumed", _I32, True),
+        ("candidate_correct", _B, True), ("iteration_consumed", _I32, True),
     ),
     # One row per optimizer step.
     "updates": _schema(

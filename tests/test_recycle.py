@@ -130,3 +130,26 @@ def test_caps_respected_and_fifo(spec, batch_prompts, balanced, seed):
     if not balanced:  # FIFO: the oldest rows of each family go first
         assert judge == [r for r in cache if r.kind != "reflection"][: len(judge)]
     assert refl == [r for r in cache if r.kind == "reflection"][: len(refl)]
+
+
+def test_fifo_cache_in_the_judge_data_table(tmp_path):
+    from spark_core.recycle import take_from_cache, write_cache
+    from spark_core.sql import query
+
+    g0 = [_group(f"a{i}", str(10 + i), [(True, True), (False, True)]) for i in range(30)]
+    g1 = [_group(f"b{i}", str(50 + i), [(True, True), (False, True)]) for i in range(30)]
+    write_cache(tmp_path, 0, recycle(g0, 0).rows)
+    write_cache(tmp_path, 1, recycle(g1, 1).rows)
+    first = take_from_cache(tmp_path, 1, 20, balance_labels=False)
+    judge = [r for r in first if r.kind != "reflection"]
+    assert len(judge) == 10 and all(r.source_prompt_id.startswith("a") for r in judge)  # oldest first
+    again = take_from_cache(tmp_path, 1, 20, balance_labels=False)  # a re-run of the same stage
+    assert [r.judge_id for r in again] == [r.judge_id for r in first]
+    t = query(tmp_path, "select iteration, count(*) as n from judge_data where iteration_consumed = 1 group by iteration")
+    assert t.to_pylist() == [{"iteration": 0, "n": 20}]
+    later = take_from_cache(tmp_path, 2, 20, balance_labels=False)
+    assert not {r.judge_id for r in later} & {r.judge_id for r in first}
+    counts = query(tmp_path, "select iteration_consumed, count(*) as n from judge_data group by all order by 1 nulls last")
+    assert counts.to_pylist()[:2] == [{"iteration_consumed": 1, "n": 20}, {"iteration_consumed": 2, "n": 20}]
+    total = query(tmp_path, "select count(*) as n from judge_data").to_pylist()[0]["n"]
+    assert total == len(recycle(g0, 0).rows) + len(recycle(g1, 1).rows)  # nothing duplicated or lost
