@@ -140,6 +140,35 @@ def prepare(
 
 
 @app.command()
+def iterate(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)."),
+    run: Path = typer.Option(DEFAULT_RUNS / "default", "--run", help="Run directory to create or continue."),
+    iterations: int = typer.Option(1, help="Iterations to add after the last completed one."),
+) -> None:
+    """Run SPARK iterations (policy period, recycle, reward period, checkpoint), continuing the run."""
+    from spark_core.checkpoint import CheckpointError
+    from spark_core.config import load_config
+    from spark_core.iteration import completed_iterations, run_iteration
+    from spark_core.stages import prepare_problems
+
+    try:
+        cfg = load_config(config)
+        prepare_problems(cfg, run)
+        first = completed_iterations(run, cfg)
+        for k in range(first, first + iterations):
+            m = run_iteration(cfg, run, k)["metrics"]
+            typer.echo(
+                f"iteration {k}: solve {m.get('policy/solve_accuracy', float('nan')):.3f}, "
+                f"judge pointwise {m.get('reward/pointwise_accuracy', float('nan')):.3f} "
+                f"pairwise {m.get('reward/pairwise_accuracy', float('nan')):.3f}, "
+                f"reflection {m.get('reward/reflection_accuracy', float('nan')):.3f}, "
+                f"yes share {m.get('reward/verdict_yes_share', float('nan')):.2f}"
+            )
+    except (InputError, CheckpointError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command()
 def recycle(
     rollouts: Path = typer.Argument(..., help="JSONL or Parquet: prompt_id, question, response, the reference answer, optionally correct."),
     output: Path = typer.Option(..., "-o", "--output", help="Write the judge rows here (Parquet, the judge_data schema)."),
