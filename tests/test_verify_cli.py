@@ -87,7 +87,7 @@ def test_gsm8k_cli_reports_all_correct(benchmarks):
 def test_every_subcommand_has_help():
     r = _run("--help")
     assert r.exit_code == 0
-    for cmd in ("verify", "sql", "problems", "prepare", "sample", "bootstrap", "recycle"):
+    for cmd in ("verify", "sql", "problems", "prepare", "sample", "bootstrap", "recycle", "iterate"):
         assert cmd in r.output
         sub = _run(cmd, "--help")
         assert sub.exit_code == 0 and "Usage" in sub.output, cmd
