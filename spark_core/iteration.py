@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from spark_core.checkpoint import load_checkpoint
+from spark_core.checkpoint import load_checkpoint, save_checkpoint
 from spark_core.config import SparkConfig, config_hash
 from spark_core.periods import groups_for_recycling, judge_tasks, run_period, solve_tasks
 from spark_core.problems import Problem
@@ -111,8 +111,7 @@ def run_iteration(cfg: SparkConfig, run_dir: Path, k: int, base_dir: Path | None
     out = checkpoint_dir(run_dir, k)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
+    save_checkpoint(model, tok, tmp)
     trainer.save_state(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
