@@ -16,7 +16,7 @@ from typing import Iterable
 
 from spark_core.config import ProblemsConfig, SyntheticConfig
 from spark_core.records import InputError, read_records
-from spark_core.verify import extract_reference
+from spark_core.verify import extract_reference, number_text
 
 
 @dataclass(frozen=True)
@@ -110,12 +110,9 @@ _ID_FIELDS = ("id", "unique_id")
 
 def _as_answer(value: object, where: str) -> str:
     """A reference answer as text: strings stripped, numbers written without a spurious `.0`."""
-    if isinstance(value, bool) or value is None:
-        raise InputError(f"{where}: answer must be a string or a number, got {value!r}")
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, int):
-        return str(value)
+    number = number_text(value)
+    if number is not None:
+        return number
     if isinstance(value, str) and value.strip():
         return value.strip()
     raise InputError(f"{where}: answer must be a non-empty string or a number, got {value!r}")

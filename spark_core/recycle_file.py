@@ -18,7 +18,7 @@ from spark_core.records import InputError, field_names, read_records
 from spark_core.recycle import RecycleResult, Rollout, recycle
 from spark_core.store import SCHEMAS, atomic_write_parquet
 from spark_core.templates import JUDGE_INPUTS, TEMPLATE_SETS
-from spark_core.verify import extract_answer, verify_response
+from spark_core.verify import extract_answer, number_text, verify_response
 
 REQUIRED = ("prompt_id", "question", "response")
 
@@ -54,8 +54,7 @@ def _row_rollout(rec, reference_field: str, extract: str) -> tuple[dict | None, 
     if not isinstance(row["question"], str) or not row["question"].strip():
         return None, f"line {rec.number}: empty question"
     ref = row[reference_field]
-    if isinstance(ref, (int, float)) and not isinstance(ref, bool):
-        ref = str(int(ref)) if float(ref).is_integer() else str(ref)
+    ref = number_text(ref) or ref
     if not isinstance(ref, str) or not ref.strip():
         return None, f"line {rec.number}: field {reference_field!r} must be a non-empty string or number"
     correct = row.get("correct")

@@ -61,8 +61,8 @@ def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """SqlError unless every statement in `sql` is a SELECT (or EXPLAIN)."""
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> list:
+    """The statements of `sql`; SqlError unless every one is a SELECT (or EXPLAIN)."""
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as e:
@@ -73,15 +73,15 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         if st.type not in _ALLOWED:
             kind = str(st.type).rsplit(".", 1)[-1]
             raise SqlError(f"refused: {kind} statements are not allowed; spark sql is read-only (SELECT only)")
+    return statements
 
 
 def query(run_dir: Path, sql: str) -> pa.Table:
     """Run a read-only query over the run's views and return the last statement's result."""
     con = connect(run_dir)
     try:
-        check_read_only(con, sql)
         result = None
-        for st in con.extract_statements(sql):
+        for st in check_read_only(con, sql):
             result = con.sql(st.query).to_arrow_table()
         return result
     except duckdb.Error as e:

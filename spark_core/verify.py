@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -373,6 +374,14 @@ def math_equal(pred: str, ref: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> tup
 
 
 # --------------------------------------------------------------------------- the verifier
+
+
+def number_text(value: object) -> str | None:
+    """A finite int or float reference as text, without a spurious `.0` (AMC stores `27.0`);
+    None for anything else (bools, NaN, infinities, non-numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 def is_label(reference: str) -> bool:

@@ -9,7 +9,6 @@ whole (missing, unknown format, a field no row has) stops the command.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pyarrow as pa
 
 from spark_core.records import InputError, field_names, read_records
 from spark_core.store import atomic_write_parquet
-from spark_core.verify import DEFAULT_TIMEOUT_S, EXTRACT_MODES, verify_response
+from spark_core.verify import DEFAULT_TIMEOUT_S, EXTRACT_MODES, number_text, verify_response
 
 #: Longest response or reference verified, in characters; longer ones are a row error.
 DEFAULT_MAX_CHARS = 100_000
@@ -56,8 +55,8 @@ def _text(row: dict, field: str, max_chars: int, reference: bool) -> tuple[str |
         except UnicodeDecodeError as e:
             return None, f"field {field!r}: invalid UTF-8 at byte {e.start}"
     # A numeric reference is common (AMC stores 27.0); a numeric response is not a response.
-    if reference and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        value = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if reference and number_text(value) is not None:
+        value = number_text(value)
     if not isinstance(value, str):
         return None, f"field {field!r} must be a string, got {type(value).__name__}"
     if len(value) > max_chars:

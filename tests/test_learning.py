@@ -4,7 +4,6 @@ import copy
 import random
 from pathlib import Path
 
-import pytest
 import torch
 
 from spark_core.checkpoint import load_checkpoint

@@ -249,3 +249,10 @@ def test_math500_altered_answers_verify_wrong(benchmarks):
             v = verify_response(f"\\boxed{{{alt}}}", r["answer"])
             assert v.correct is False, (r["unique_id"], r["answer"], alt)
     assert checked > 500
+
+
+def test_number_text():
+    from spark_core.verify import number_text
+
+    assert [number_text(v) for v in (27.0, 27, 2.5, -3.0)] == ["27", "27", "2.5", "-3"]
+    assert [number_text(v) for v in (True, float("nan"), float("inf"), "27", None)] == [None] * 5
