@@ -196,11 +196,24 @@ class SparkMethodConfig(_Section):
     """Upper clip for the reward period (None: train.clip_high)."""
 
 
+class EvalConfig(_Section):
+    """The evaluate stage, on held-out problems only (spark_core/evaluate.py)."""
+
+    every: int = Field(1, ge=1)
+    """E: evaluate after every E-th iteration (iterations E-1, 2E-1, ...)."""
+    problems: int = Field(100, ge=1)
+    """Held-out problems for greedy policy accuracy (the first N of the held-out split)."""
+    judge_problems: int = Field(50, ge=0)
+    """Held-out problems for the labelled judge set (two judge prompts each; synthetic problems only)."""
+
+
 class SparkConfig(_Section):
     """A whole SPARK run."""
 
     seed: int = 0
     """Seed for every random choice; the same config and seed give the same tables."""
+    iterations: int = Field(1, ge=1)
+    """Iterations one run of the `spark` flow adds after the last completed one."""
     problems: ProblemsConfig = ProblemsConfig()
     """Training and held-out problems."""
     model: ModelConfig = ModelConfig()
@@ -213,6 +226,8 @@ class SparkConfig(_Section):
     """GRPO optimisation."""
     spark: SparkMethodConfig = SparkMethodConfig()
     """Recycling and the reward period."""
+    eval: EvalConfig = EvalConfig()
+    """The evaluate stage."""
 
     def resolved(self) -> dict:
         """Every field, defaults included, as plain JSON-able data."""

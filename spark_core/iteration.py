@@ -1,49 +1,98 @@
-"""One whole SPARK iteration as a single restartable step (until the Prefect stages split it).
+"""One SPARK iteration as a chain of restartable stages (../shared/DESIGN.md):
 
-    policy period -> recycle into the judge cache -> reward period -> checkpoint
+    rollout_policy -> verify_policy -> train_policy -> recycle
+        -> rollout_reward -> verify_reward -> train_reward -> evaluate
 
-Reads the run's `problems` table and the previous iteration's checkpoint (or the base model),
-writes the iteration's `rollouts`, `updates` and `judge_data` parts, the checkpoint
-`RUN/checkpoints/iteration=<k>/` (Hugging Face directory plus trainer state), then the
-manifest. Killed midway, a re-run redoes the iteration from its inputs: every part is
-replaced (not appended), the judge cache selects the same rows, and the checkpoint directory
-appears only complete (written beside, then renamed), so nothing is duplicated or lost.
+Every stage is a function of (config, run directory, iteration k). It reads what earlier
+stages wrote, writes its own files atomically, then its manifest; a stage whose manifest
+matches the config is skipped. What flows between stages:
+
+- `RUN/samples/iteration=k/<phase>.parquet` (side file, not a DuckDB table): the sampled
+  tokens and their log-probabilities under the sampler, which the train stage needs and the
+  `rollouts` table has no room for; written by rollout, read by verify and train.
+- `rollouts` (part = phase): verified rows with reward and advantage, written by verify.
+- `RUN/checkpoints/iteration=k.policy/`: the policy after the policy period (Hugging Face
+  directory plus optimizer/scheduler state); the reward rollout and the reward period start
+  from it. Removed once the iteration is complete.
+- `RUN/checkpoints/iteration=k/`: the model after the reward period; the next iteration
+  starts from it. The last KEEP_CHECKPOINTS are kept.
+- `judge_data` (the FIFO cache), `updates` (part = phase), `evals`.
+
+Killed at any point, a re-run redoes only the unfinished stage from its inputs: table parts
+are replaced (never appended), checkpoint directories appear complete or not at all
+(written beside, then renamed), and the cache selects the same rows. Each stage seeds its
+own randomness from (seed, k), so a resumed run writes the same tables as an unbroken one.
+The Prefect tasks in tasks/ call these functions one to one; nothing here imports Prefect.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
+import signal
 import time
 from pathlib import Path
+from typing import Callable
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
-from spark_core.checkpoint import load_checkpoint, save_checkpoint
+from spark_core.checkpoint import check_model_dir, load_checkpoint, save_checkpoint
 from spark_core.config import SparkConfig, config_hash
-from spark_core.periods import groups_for_recycling, judge_tasks, run_period, solve_tasks
+from spark_core.evaluate import evaluate
+from spark_core.periods import Task, groups_for_recycling, judge_tasks, period_metrics, score, solve_tasks, training_batch
 from spark_core.problems import Problem
-from spark_core.recycle import recycle, take_from_cache, write_cache
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.store import read_manifest, read_table, stage_complete, write_manifest, write_table
+from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_cache
+from spark_core.rollout import Sample, SamplingSpec, make_engine
+from spark_core.store import (
+    atomic_write_parquet, clean_staging, part_path, read_manifest, read_table, stage_complete, staging_dir,
+    write_manifest, write_table,
+)
 from spark_core.trainer import Trainer, settings_from_config
 
 log = logging.getLogger(__name__)
 
-STAGE = "iteration"
+STAGES = ("rollout_policy", "verify_policy", "train_policy", "recycle",
+          "rollout_reward", "verify_reward", "train_reward", "evaluate")
+DONE = "iteration"  # the manifest that closes an iteration
 KEEP_CHECKPOINTS = 2
+#: How each stage's metrics are named in the `iteration` manifest and in MLflow.
+METRIC_PREFIX = {"rollout_policy": "policy/", "verify_policy": "policy/", "train_policy": "policy/train_",
+                 "recycle": "recycle/", "rollout_reward": "reward/", "verify_reward": "reward/",
+                 "train_reward": "reward/train_", "evaluate": "eval/"}
+#: Test hook: a stage named here kills its own process (SIGKILL) after writing its outputs and
+#: before its manifest, the worst moment to die. Used by the restart tests; never set it otherwise.
+FAULT_ENV = "SPARK_FAULT_STAGE"
 
 
-def checkpoint_dir(run_dir: Path, iteration: int) -> Path:
-    return Path(run_dir) / "checkpoints" / f"iteration={iteration}"
+# --------------------------------------------------------------------------- paths and keys
+
+
+def checkpoint_dir(run_dir: Path, iteration: int, phase: str = "reward") -> Path:
+    """Where iteration k's checkpoint lives: after the reward period (the iteration's result),
+    or after its policy period (`phase="policy"`, intermediate)."""
+    name = f"iteration={iteration}" + ("" if phase == "reward" else f".{phase}")
+    return Path(run_dir) / "checkpoints" / name
+
+
+def samples_path(run_dir: Path, iteration: int, phase: str) -> Path:
+    return Path(run_dir) / "samples" / f"iteration={iteration}" / f"{phase}.parquet"
 
 
 def iteration_hash(cfg: SparkConfig) -> str:
-    """Everything an iteration depends on (all of the config but the bootstrap recipe)."""
+    """What the training stages depend on: the config less the bootstrap recipe, the evaluation
+    settings and the number of iterations per flow run (changing those must not redo training)."""
     data = cfg.resolved()
-    data.pop("bootstrap")
+    for key in ("bootstrap", "eval", "iterations"):
+        data.pop(key)
     return config_hash(data)
+
+
+def eval_hash(cfg: SparkConfig) -> str:
+    return config_hash([iteration_hash(cfg), cfg.eval.model_dump(mode="json")])
 
 
 def resolve_model_path(path: str | Path) -> Path:
@@ -54,77 +103,294 @@ def resolve_model_path(path: str | Path) -> Path:
     return Path(__file__).resolve().parents[1] / path
 
 
+def base_model(cfg: SparkConfig) -> Path:
+    return resolve_model_path(cfg.model.path)
+
+
 def completed_iterations(run_dir: Path, cfg: SparkConfig) -> int:
     """How many iterations, from 0, are complete for this config."""
     k = 0
-    while stage_complete(run_dir, STAGE, k, iteration_hash(cfg)):
+    while stage_complete(run_dir, DONE, k, iteration_hash(cfg)):
         k += 1
     return k
 
 
-def run_iteration(cfg: SparkConfig, run_dir: Path, k: int, base_dir: Path | None = None) -> dict:
-    """Run iteration `k` (skipped when complete); returns its manifest."""
+def _start_model(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> Path:
+    """The checkpoint a phase of iteration k starts from."""
+    if phase == "reward":
+        path = checkpoint_dir(run_dir, k, "policy")
+    elif k == 0:
+        return check_model_dir(base_model(cfg))  # one-line CheckpointError when it is missing
+    else:
+        path = checkpoint_dir(run_dir, k - 1)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: checkpoint missing; the stage that writes it must run first "
+                                f"(delete {Path(run_dir) / 'manifests'} for iteration {k} to redo it)")
+    return path
+
+
+def _fault(stage: str) -> None:
+    if os.environ.get(FAULT_ENV) == stage:
+        log.warning("%s=%s: killing this process inside the stage", FAULT_ENV, stage)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _run_stage(cfg: SparkConfig, run_dir: Path, stage: str, k: int, key: str, body: Callable[[], dict]) -> dict:
+    """Skip a complete stage; otherwise run `body` (which writes its outputs and returns the
+    manifest's fields), hit the fault hook, write the manifest."""
+    run_dir = Path(run_dir)
+    if stage_complete(run_dir, stage, k, key):
+        log.info("iteration %d %s: complete, skipped", k, stage)
+        return read_manifest(run_dir, stage, k)
+    start = time.monotonic()
+    doc = body()
+    _fault(stage)
+    write_manifest(run_dir, stage, k, key, outputs=doc.pop("outputs", {}), rows=doc.pop("rows", {}),
+                   inputs=doc.pop("inputs", {}), seconds=time.monotonic() - start, extra=doc)
+    log.info("iteration %d %s: done in %.1fs", k, stage, time.monotonic() - start)
+    return read_manifest(run_dir, stage, k)
+
+
+# --------------------------------------------------------------------------- the side file
+
+
+_SAMPLE_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()), ("kind", pa.string()), ("prompt", pa.string()), ("label", pa.string()),
+    ("question", pa.string()), ("sample_index", pa.int32()), ("text", pa.string()),
+    ("prompt_ids", pa.list_(pa.int32())), ("token_ids", pa.list_(pa.int32())),
+    ("logprobs", pa.list_(pa.float64())), ("finish_reason", pa.string()), ("prompt_tokens", pa.int32()),
+])
+
+
+def write_samples(run_dir: Path, path: Path, tasks: list[Task], groups: list[list[Sample]]) -> None:
+    rows = [dict(prompt_id=t.prompt_id, kind=t.kind, prompt=t.prompt, label=t.label, question=t.question,
+                 sample_index=s.sample_index, text=s.text, prompt_ids=s.prompt_ids, token_ids=s.token_ids,
+                 logprobs=s.logprobs, finish_reason=s.finish_reason, prompt_tokens=s.prompt_tokens)
+            for t, g in zip(tasks, groups) for s in g]
+    atomic_write_parquet(pa.Table.from_pylist(rows, schema=_SAMPLE_SCHEMA), path, staging_dir(run_dir))
+
+
+def read_samples(path: Path) -> tuple[list[Task], list[list[Sample]]]:
+    """Tasks and their groups of samples, in the order they were sampled."""
+    tasks: list[Task] = []
+    groups: list[list[Sample]] = []
+    for r in pq.read_table(path).to_pylist():
+        if not tasks or tasks[-1].prompt_id != r["prompt_id"]:
+            tasks.append(Task(r["prompt_id"], r["kind"], r["prompt"], r["label"], r["question"]))
+            groups.append([])
+        groups[-1].append(Sample(len(tasks) - 1, r["sample_index"], r["text"], r["token_ids"], r["logprobs"],
+                                 r["finish_reason"], r["prompt_tokens"], r["prompt_ids"]))
+    return tasks, groups
+
+
+# --------------------------------------------------------------------------- the stages
+
+
+def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
+    """Stage `rollout_<phase>`: sample G responses per prompt from the phase's start checkpoint.
+
+    policy: B training problems drawn by (seed, k); reward: the judge/reflection rows the
+    recycle stage took from the cache for iteration k.
+    """
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        r = cfg.rollout
+        if phase == "policy":
+            problems = [Problem(p["id"], p["question"], p["answer"], p["solution"], p["source"])
+                        for p in read_table(run_dir, "problems").to_pylist() if p["split"] == "train"]
+            if not problems:
+                raise ValueError(f"{run_dir}: the problems table has no training problems; run `spark prepare` first")
+            rng = random.Random(f"{cfg.seed}|iteration|{k}")
+            tasks = solve_tasks(rng.sample(problems, min(r.batch_prompts, len(problems))))
+            spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k)
+        else:
+            tasks = judge_tasks(consumed_batch(run_dir, k))
+            spec = SamplingSpec(r.group_size, cfg.spark.reward_temperature, r.top_p, r.judge_max_new_tokens,
+                                seed=cfg.seed * 1000 + 2 * k + 1)
+        source = _start_model(cfg, run_dir, k, phase)
+        groups: list[list[Sample]] = []
+        start = time.monotonic()
+        if tasks:
+            engine = make_engine(r.engine, source, device=r.device, dtype=r.dtype, seed=spec.seed)
+            try:
+                groups = engine.generate([t.prompt for t in tasks], spec)
+            finally:
+                engine.close()
+        seconds = time.monotonic() - start
+        tokens = sum(len(s.token_ids) for g in groups for s in g)
+        out = samples_path(run_dir, k, phase)
+        write_samples(run_dir, out, tasks, groups)
+        return dict(outputs={"samples": out}, rows={"samples": sum(map(len, groups)), "tokens": tokens},
+                    inputs={"checkpoint": str(source)},
+                    metrics={"rollout_tokens_per_s": tokens / seconds if seconds > 0 else 0.0})
+
+    return _run_stage(cfg, run_dir, f"rollout_{phase}", k, iteration_hash(cfg), body)
+
+
+def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
+    """Stage `verify_<phase>`: verify the samples, compute group advantages, write `rollouts`."""
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        tasks, groups = read_samples(samples_path(run_dir, k, phase))
+        rows, group_ids, unjudged = score(tasks, groups, phase, cfg.train.advantage, run=run_dir.name)
+        path = write_table(run_dir, "rollouts", rows, iteration=k, part=phase)
+        metrics = period_metrics(rows, tasks, groups_of=group_ids) | {"unjudged": unjudged}
+        return dict(outputs={"rollouts": path}, rows={"rollouts": len(rows)}, metrics=metrics)
+
+    return _run_stage(cfg, run_dir, f"verify_{phase}", k, iteration_hash(cfg), body)
+
+
+def _mean(rows: list[dict], key: str) -> float | None:
+    vals = [r[key] for r in rows if not r["skipped"]]
+    return sum(vals) / len(vals) if vals else None
+
+
+def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
+    """Stage `train_<phase>`: one GRPO update period on the verified samples; saves the checkpoint
+    (weights plus optimizer and scheduler state, so the next stage continues exactly)."""
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        source = _start_model(cfg, run_dir, k, phase)
+        tasks, groups = read_samples(samples_path(run_dir, k, phase))
+        rows = pq.read_table(part_path(run_dir, "rollouts", k, phase)).to_pylist()
+        torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
+        model, tok = load_checkpoint(source)
+        ref, _ = load_checkpoint(base_model(cfg))  # the KL anchor is the base model throughout the run
+        r, sp = cfg.rollout, cfg.spark
+        steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
+        device = "cuda" if r.device == "auto" and torch.cuda.is_available() else ("cpu" if r.device == "auto" else r.device)
+        trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
+                          tok.pad_token_id, torch.device(device))
+        if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
+            trainer.load_state(source)
+        overrides, lr_scale = {}, 1.0
+        if phase == "reward":
+            overrides = {"entropy_coef": sp.reward_entropy_coef, "temperature": sp.reward_temperature}
+            if sp.reward_clip_high is not None:
+                overrides["clip_high"] = sp.reward_clip_high
+            lr_scale = sp.reward_lr_scale
+        batch = training_batch(groups, rows)
+        updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
+        table = write_table(run_dir, "updates", updates, iteration=k, part=phase)
+        out = checkpoint_dir(run_dir, k, phase)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_checkpoint(model.cpu(), tok, tmp)
+        trainer.save_state(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        metrics = {m: _mean(updates, m) for m in ("loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "grad_norm")}
+        metrics["steps"] = len(updates)
+        metrics["skipped_steps"] = sum(u["skipped"] for u in updates)
+        secs = sum(u["seconds"] for u in updates)
+        metrics["train_tokens_per_s"] = sum(u["tokens"] for u in updates) / secs if secs > 0 else 0.0
+        # The checkpoint is recorded as an input of later stages, not an output of this one: the
+        # intermediate policy checkpoint is removed once the iteration completes.
+        return dict(outputs={"updates": table}, rows={"updates": len(updates), "sequences": len(batch)},
+                    inputs={"checkpoint": str(source)}, checkpoint=str(out),
+                    metrics={m: v for m, v in metrics.items() if v is not None})
+
+    return _run_stage(cfg, run_dir, f"train_{phase}", k, iteration_hash(cfg), body)
+
+
+def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
+    """Stage `recycle`: turn the verified policy rollouts into judge and reflection rows, add them
+    to the FIFO cache in `judge_data`, and take the reward period's batch from it."""
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        tasks, _ = read_samples(samples_path(run_dir, k, "policy"))
+        rows = pq.read_table(part_path(run_dir, "rollouts", k, "policy")).to_pylist()
+        sp = cfg.spark
+        made = recycle(groups_for_recycling(rows, tasks), cfg.seed, sp.template_set, sp.judge_input,
+                       sp.mixed_pointwise, salt=f"iteration={k}", balance_labels=sp.balance_labels)
+        path = write_cache(run_dir, k, made.rows)
+        batch = take_from_cache(run_dir, k, cfg.rollout.batch_prompts, sp.balance_labels)
+        metrics = {f"made_{a}": b for a, b in made.made.items()} | {f"dropped/{a}": b for a, b in made.dropped.items()}
+        for kind in ("pointwise", "pairwise", "reflection"):
+            metrics[f"consumed_{kind}"] = sum(r.kind == kind for r in batch)
+        return dict(outputs={"judge_data": path}, rows={"made": len(made.rows), "consumed": len(batch)}, metrics=metrics)
+
+    return _run_stage(cfg, run_dir, "recycle", k, iteration_hash(cfg), body)
+
+
+def evaluate_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
+    """Stage `evaluate` (after every E-th iteration): held-out policy and judge accuracy of
+    checkpoint k into `evals`. Returns None on iterations that are not evaluated."""
+    run_dir = Path(run_dir)
+    if (k + 1) % cfg.eval.every:
+        return None
+
+    def body() -> dict:
+        held = [Problem(p["id"], p["question"], p["answer"], p["solution"], p["source"])
+                for p in read_table(run_dir, "problems").to_pylist() if p["split"] == "held_out"]
+        source = checkpoint_dir(run_dir, k)
+        r = cfg.rollout
+        engine = make_engine(r.engine, source, device=r.device, dtype=r.dtype, seed=cfg.seed)
+        try:
+            rows = evaluate(engine, held, cfg.eval.problems, cfg.eval.judge_problems, r.max_new_tokens, cfg.seed)
+        finally:
+            engine.close()
+        path = write_table(run_dir, "evals", rows, iteration=k, part="evaluate")
+        return dict(outputs={"evals": path}, rows={"evals": len(rows)}, inputs={"checkpoint": str(source)},
+                    metrics={row["metric"]: row["value"] for row in rows})
+
+    return _run_stage(cfg, run_dir, "evaluate", k, eval_hash(cfg), body)
+
+
+def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
+    """Close iteration k: gather the stages' metrics into the `iteration` manifest, then remove
+    the intermediate policy checkpoint and checkpoints beyond the retention rule."""
     run_dir = Path(run_dir)
     key = iteration_hash(cfg)
-    if stage_complete(run_dir, STAGE, k, key):
-        return read_manifest(run_dir, STAGE, k)
-    start = time.monotonic()
-    base = resolve_model_path(base_dir or cfg.model.path)
-    source = base if k == 0 else checkpoint_dir(run_dir, k - 1)
-    model, tok = load_checkpoint(source)
-    ref, _ = load_checkpoint(base)  # the KL anchor is the base model throughout the run
-    engine = HFEngine(model, tok, device=cfg.rollout.device, dtype=cfg.rollout.dtype)
-    steps_per_iteration = 2 * -(-cfg.rollout.batch_prompts * cfg.rollout.group_size // cfg.train.mini_batch_size)
-    trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, cfg.rollout.temperature),
-                      tok.pad_token_id, engine.device)
-    if k > 0:
-        trainer.load_state(source)
-
-    problems = [Problem(r["id"], r["question"], r["answer"], r["solution"], r["source"])
-                for r in read_table(run_dir, "problems").to_pylist() if r["split"] == "train"]
-    if not problems:
-        raise ValueError(f"{run_dir}: the problems table has no training problems; run `spark prepare` first")
-    rng = random.Random(f"{cfg.seed}|iteration|{k}")
-    tasks = solve_tasks(rng.sample(problems, min(cfg.rollout.batch_prompts, len(problems))))
-    r = cfg.rollout
-    spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k)
-    run = run_dir.name
-    torch.manual_seed(cfg.seed * 1000 + k)
-    prows, pupdates, pm = run_period(engine, trainer, tasks, spec, "policy", cfg.train.advantage, run=run)
-    write_table(run_dir, "rollouts", prows, iteration=k, part="policy")
-
-    sp = cfg.spark
-    recycled = recycle(groups_for_recycling(prows, tasks), cfg.seed, sp.template_set, sp.judge_input,
-                       sp.mixed_pointwise, salt=f"iteration={k}", balance_labels=sp.balance_labels)
-    write_cache(run_dir, k, recycled.rows)
-    batch = take_from_cache(run_dir, k, r.batch_prompts, sp.balance_labels)
-    rspec = SamplingSpec(r.group_size, sp.reward_temperature, r.top_p, r.judge_max_new_tokens, seed=cfg.seed * 1000 + 2 * k + 1)
-    overrides = {"entropy_coef": sp.reward_entropy_coef}
-    if sp.reward_clip_high is not None:
-        overrides["clip_high"] = sp.reward_clip_high
-    rrows, rupdates, rm = run_period(engine, trainer, judge_tasks(batch), rspec, "reward", cfg.train.advantage,
-                                     lr_scale=sp.reward_lr_scale, run=run, **overrides) if batch else ([], [], {})
-    if rrows:
-        write_table(run_dir, "rollouts", rrows, iteration=k, part="reward")
-    write_table(run_dir, "updates", pupdates + rupdates, iteration=k, part="train")
-
-    out = checkpoint_dir(run_dir, k)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, tok, tmp)
-    trainer.save_state(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    if not stage_complete(run_dir, DONE, k, key):
+        metrics, seconds = {}, {}
+        for stage in STAGES:
+            doc = read_manifest(run_dir, stage, k)
+            if doc is None:
+                if stage == "evaluate":
+                    continue
+                raise RuntimeError(f"iteration {k}: stage {stage} has not completed")
+            seconds[stage] = doc["seconds"]
+            metrics |= {f"{METRIC_PREFIX[stage]}{m}": v for m, v in doc.get("metrics", {}).items()}
+        # The checkpoint is not listed as an output: the retention rule removes old ones, and an
+        # iteration stays complete after its checkpoint is gone.
+        write_manifest(run_dir, DONE, k, key, outputs={}, inputs={"checkpoint": str(checkpoint_dir(run_dir, k))},
+                       rows={s: sum(v for v in (read_manifest(run_dir, s, k) or {}).get("rows", {}).values())
+                             for s in STAGES if read_manifest(run_dir, s, k)},
+                       seconds=sum(seconds.values()), extra={"metrics": metrics, "stage_seconds": seconds})
+    shutil.rmtree(checkpoint_dir(run_dir, k, "policy"), ignore_errors=True)
     for old in range(k - KEEP_CHECKPOINTS, -1, -1):  # retention: disk stays bounded
         shutil.rmtree(checkpoint_dir(run_dir, old), ignore_errors=True)
+        shutil.rmtree(checkpoint_dir(run_dir, old, "policy"), ignore_errors=True)
+    return read_manifest(run_dir, DONE, k)
 
-    metrics = {f"policy/{a}": b for a, b in pm.items()} | {f"reward/{a}": b for a, b in rm.items()}
-    metrics |= {f"recycle/made_{a}": b for a, b in recycled.made.items()}
-    metrics |= {f"recycle/dropped/{a}": b for a, b in recycled.dropped.items()}
-    write_manifest(
-        run_dir, STAGE, k, key, outputs={"checkpoint": out},
-        rows={"rollouts": len(prows) + len(rrows), "updates": len(pupdates) + len(rupdates),
-              "judge_data_made": len(recycled.rows), "judge_data_consumed": len(batch)},
-        inputs={"checkpoint": str(source)}, seconds=time.monotonic() - start, extra={"metrics": metrics},
-    )
-    return read_manifest(run_dir, STAGE, k)
+
+def stage_calls(cfg: SparkConfig, run_dir: Path, k: int) -> list[tuple[str, Callable[[], dict | None]]]:
+    """The stages of iteration k in order, as (name, call) pairs; the flow wraps each in a task."""
+    return [
+        ("rollout_policy", lambda: rollout(cfg, run_dir, k, "policy")),
+        ("verify_policy", lambda: verify(cfg, run_dir, k, "policy")),
+        ("train_policy", lambda: train(cfg, run_dir, k, "policy")),
+        ("recycle", lambda: recycle_stage(cfg, run_dir, k)),
+        ("rollout_reward", lambda: rollout(cfg, run_dir, k, "reward")),
+        ("verify_reward", lambda: verify(cfg, run_dir, k, "reward")),
+        ("train_reward", lambda: train(cfg, run_dir, k, "reward")),
+        ("evaluate", lambda: evaluate_stage(cfg, run_dir, k)),
+    ]
+
+
+def run_iteration(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
+    """Run every unfinished stage of iteration k, then close it; returns the `iteration` manifest."""
+    run_dir = Path(run_dir)
+    if stage_complete(run_dir, DONE, k, iteration_hash(cfg)):
+        return read_manifest(run_dir, DONE, k)
+    removed = clean_staging(run_dir)
+    if removed:
+        log.warning("removed %d half-written file(s) left by an interrupted write", removed)
+    for _, call in stage_calls(cfg, run_dir, k):
+        call()
+    return finish(cfg, run_dir, k)

@@ -25,7 +25,7 @@ import torch
 
 from spark_core.grpo import advantage_fn
 from spark_core.recycle import JudgeRow, Rollout
-from spark_core.rollout import Engine, SamplingSpec
+from spark_core.rollout import Engine, Sample, SamplingSpec
 from spark_core.trainer import Sequence_, Trainer
 from spark_core.verify import DEFAULT_TIMEOUT_S, normalize_label, verify_response
 
@@ -61,7 +61,27 @@ def run_period(
     entropy_coef) apply to this period only.
     """
     groups = engine.generate([t.prompt for t in tasks], spec)
-    rows, seqs, rewards, group_ids = [], [], [], []
+    rows, group_ids, unjudged = score(tasks, groups, phase, advantage, run, timeout_s)
+    updates = []
+    if trainer is not None:
+        updates = trainer.train_period(training_batch(groups, rows), phase, lr_scale=lr_scale,
+                                       temperature=spec.temperature, **train_overrides)
+    metrics = period_metrics(rows, tasks, groups_of=group_ids)
+    metrics["unjudged"] = unjudged
+    return rows, updates, metrics
+
+
+def score(
+    tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], phase: str, advantage: str = "grpo", run: str = "",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+) -> tuple[list[dict], list[int], int]:
+    """Verify every sample against its task's label and compute group advantages.
+
+    Returns (`rollouts` rows in sample order with reward and advantage, the group index of
+    each row, how many responses the verifier could not judge). Reward = 1.0 for a
+    verified-correct response, 0.0 otherwise (unjudgeable ones included, and counted).
+    """
+    rows, rewards, group_ids = [], [], []
     unjudged = 0
     for gi, (task, group) in enumerate(zip(tasks, groups)):
         for s in group:
@@ -74,21 +94,24 @@ def run_period(
                 correct=v.correct, reward=reward, advantage=None, prompt_tokens=s.prompt_tokens,
                 response_tokens=len(s.token_ids), finish_reason=s.finish_reason,
             ))
-            seqs.append(s)
             rewards.append(reward)
             group_ids.append(gi)
     r = torch.tensor(rewards, dtype=torch.float32)
-    gid = torch.tensor(group_ids)
-    adv = advantage_fn(advantage)(r, gid) if len(rewards) else r
+    adv = advantage_fn(advantage)(r, torch.tensor(group_ids)) if rewards else r
     for row, a in zip(rows, adv.tolist()):
         row["advantage"] = a
-    updates = []
-    if trainer is not None:
-        batch = [Sequence_(s.prompt_ids, s.token_ids, s.logprobs, a) for s, a in zip(seqs, adv.tolist()) if s.token_ids]
-        updates = trainer.train_period(batch, phase, lr_scale=lr_scale, temperature=spec.temperature, **train_overrides)
-    metrics = period_metrics(rows, tasks, groups_of=group_ids)
-    metrics["unjudged"] = unjudged
-    return rows, updates, metrics
+    return rows, group_ids, unjudged
+
+
+def training_batch(groups: Sequence[Sequence[Sample]], rows: Sequence[dict]) -> list[Sequence_]:
+    """The trainer's sequences: samples (flattened in group order) paired with their rows' advantages.
+
+    Empty responses carry no tokens to train on and are left out.
+    """
+    samples = [s for g in groups for s in g]
+    if len(samples) != len(rows):
+        raise ValueError(f"{len(samples)} samples but {len(rows)} scored rows: the rollout and verify outputs disagree")
+    return [Sequence_(s.prompt_ids, s.token_ids, s.logprobs, r["advantage"]) for s, r in zip(samples, rows) if s.token_ids]
 
 
 def period_metrics(rows: list[dict], tasks: Sequence[Task], groups_of: list[int]) -> dict:

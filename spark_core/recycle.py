@@ -266,3 +266,18 @@ def take_from_cache(run_dir, iteration: int, batch_prompts: int, balance_labels:
         if changed:
             write_table(run_dir, "judge_data", rows, iteration=made, part=CACHE_PART)
     return [replace(r, iteration_consumed=iteration) for r in chosen]
+
+
+def consumed_batch(run_dir, iteration: int) -> list[JudgeRow]:
+    """The rows `take_from_cache` took for `iteration`, in the same order (judge rows oldest
+    first, then reflection rows oldest first), read back from `judge_data`."""
+    import pyarrow.parquet as pq
+
+    from spark_core.store import part_path
+
+    rows: list[JudgeRow] = []
+    for made in range(iteration + 1):
+        path = part_path(run_dir, "judge_data", made, CACHE_PART)
+        if path.is_file():
+            rows += [JudgeRow(**r) for r in pq.read_table(path).to_pylist() if r["iteration_consumed"] == iteration]
+    return [r for r in rows if r.kind != "reflection"] + [r for r in rows if r.kind == "reflection"]
