@@ -394,3 +394,28 @@ def run_iteration(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     for _, call in stage_calls(cfg, run_dir, k):
         call()
     return finish(cfg, run_dir, k)
+
+
+def claim_run(cfg: SparkConfig, run_dir: Path) -> None:
+    """Bind a run directory to its config on first use; refuse a different config later.
+
+    Without this, a changed config would silently redo iteration 0 over the tables of the
+    old one. Changing only what `iteration_hash` leaves out (evaluation, iterations per flow
+    run, the bootstrap recipe) is allowed.
+    """
+    import json
+
+    from spark_core.records import InputError
+    from spark_core.store import atomic_write_bytes
+
+    run_dir = Path(run_dir)
+    path = run_dir / "run.json"
+    key = iteration_hash(cfg)
+    if path.is_file():
+        doc = json.loads(path.read_text())
+        if doc.get("config_hash") != key:
+            raise InputError(f"{run_dir}: this run was made with another config (hash {doc.get('config_hash')}, "
+                             f"this one {key}; the old one is in {path}); use a new run name")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps({"config_hash": key, "config": cfg.resolved()}, indent=2) + "\n").encode(), run_dir)

@@ -1,0 +1,40 @@
+"""One writer per run directory.
+
+An exclusive `flock` on `RUN/.lock`, held for as long as a flow run (or `spark iterate`)
+works on the run. The kernel drops the lock when the holder dies, SIGKILL included, so a
+crashed run never leaves a stale lock behind; the file's text (pid, host, start time) is only
+for the error message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+class RunLocked(RuntimeError):
+    """Another process is working on this run directory."""
+
+
+@contextmanager
+def run_lock(run_dir: str | Path) -> Iterator[Path]:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise RunLocked(f"{run_dir}: run is in use by {holder}; wait for it to finish or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,157 @@
+"""MLflow tracking: one MLflow run per SPARK run, metrics stepped by iteration, a co-evolution plot.
+
+The store is local: a SQLite database and an artifact folder under the data directory, with
+absolute URIs, so results do not depend on the working directory (`mlflow ui` reads the same
+store from anywhere). The MLflow run id is kept in `RUN/mlflow.json`, so every flow run on the
+same run directory appends to the same MLflow run. Metrics come from the `iteration`
+manifests, not from live objects, so tracking can be redone (or done later) from the files.
+Logging an iteration twice is avoided with a marker metric written in the same batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from spark_core.config import SparkConfig
+from spark_core.store import atomic_write_bytes, read_manifest
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "spark"
+MARKER = "iteration"  # logged with each iteration's batch; its history says which are done
+REPO = Path(__file__).resolve().parents[1]
+
+
+def default_data_dir() -> Path:
+    """`SPARK_DATA_DIR`, else the repository's `data/` folder."""
+    return Path(os.environ.get("SPARK_DATA_DIR") or REPO / "data").resolve()
+
+
+def tracking_uri(data_dir: str | Path) -> str:
+    return f"sqlite:///{(Path(data_dir) / 'mlflow' / 'mlflow.db').resolve()}"
+
+
+def artifact_location(data_dir: str | Path) -> str:
+    return (Path(data_dir) / "mlflow" / "artifacts").resolve().as_uri()
+
+
+def ui_command(data_dir: str | Path) -> str:
+    return f"mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {tracking_uri(data_dir)}"
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out |= _flatten(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = str(value)
+    return out
+
+
+def _client(data_dir: Path):
+    from mlflow.tracking import MlflowClient
+
+    (Path(data_dir) / "mlflow").mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=tracking_uri(data_dir))
+
+
+def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path) -> str:
+    """The MLflow run of this SPARK run: resumed when recorded, created (with the config as params) otherwise."""
+    record = run_dir / "mlflow.json"
+    if record.is_file():
+        doc = json.loads(record.read_text())
+        if doc.get("tracking_uri") == tracking_uri(data_dir):
+            try:
+                return client.get_run(doc["run_id"]).info.run_id
+            except Exception:  # the store was deleted or replaced: start a new MLflow run
+                log.warning("MLflow run %s not found in %s; creating a new one", doc["run_id"], tracking_uri(data_dir))
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT, artifact_location=artifact_location(data_dir))
+    run = client.create_run(exp_id, run_name=run_dir.name, tags={"spark.run_dir": str(run_dir.resolve())})
+    from mlflow.entities import Param
+
+    params = [Param(k, v[:6000]) for k, v in sorted(_flatten(cfg.resolved()).items())]
+    for i in range(0, len(params), 100):
+        client.log_batch(run.info.run_id, params=params[i : i + 100])
+    atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode(), run_dir)
+    return run.info.run_id
+
+
+def iteration_metrics(run_dir: Path, k: int) -> dict[str, float]:
+    """Iteration k's numeric metrics and per-stage seconds, from its `iteration` manifest."""
+    doc = read_manifest(run_dir, "iteration", k)
+    if doc is None:
+        raise FileNotFoundError(f"{run_dir}: iteration {k} is not complete (no manifest)")
+    out = {m: float(v) for m, v in doc.get("metrics", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out |= {f"seconds/{s}": float(v) for s, v in doc.get("stage_seconds", {}).items()}
+    out["seconds/iteration"] = float(doc.get("seconds") or 0.0)
+    return out
+
+
+def coevolution_plot(run_dir: Path, out: Path) -> Path:
+    """Policy accuracy and judge accuracy against iteration, from every completed iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[tuple[int, float]]] = {}
+    names = {
+        "policy/solve_accuracy": "policy accuracy (sampled, training problems)",
+        "eval/policy_accuracy": "policy accuracy (greedy, held out)",
+        "reward/pointwise_accuracy": "judge pointwise (sampled, recycled)",
+        "reward/pairwise_accuracy": "judge pairwise (sampled, recycled)",
+        "eval/judge_accuracy": "judge accuracy (greedy, held out)",
+        "reward/reflection_accuracy": "reflection (sampled, recycled)",
+    }
+    k = 0
+    while (doc := read_manifest(run_dir, "iteration", k)) is not None:
+        for key in names:
+            if key in doc.get("metrics", {}):
+                series.setdefault(key, []).append((k, doc["metrics"][key]))
+        k += 1
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, points in series.items():
+        xs, ys = zip(*points)
+        ax.plot(xs, ys, marker="o", label=names[key], linestyle="--" if key.startswith("eval/") else "-")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"SPARK co-evolution: {run_dir.name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
+
+
+def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir: str | Path | None = None) -> str:
+    """Log the metrics of each given iteration not logged yet (step = iteration), then the
+    updated co-evolution plot; returns the MLflow run id. Iterations that a crashed flow run
+    completed but never logged are caught up by the next one."""
+    from mlflow.entities import Metric
+
+    run_dir = Path(run_dir)
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    client = _client(data_dir)
+    run_id = _run_id(client, cfg, run_dir, data_dir)
+    done = {m.step for m in client.get_metric_history(run_id, MARKER)}
+    for k in iterations:
+        if k in done:
+            continue
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, k) for key, value in sorted(iteration_metrics(run_dir, k).items())]
+        metrics.append(Metric(MARKER, float(k), now, k))  # last, in the same batch: written together
+        client.log_batch(run_id, metrics=metrics)
+    plot = coevolution_plot(run_dir, run_dir / "coevolution.png")
+    client.log_artifact(run_id, str(plot))
+    return run_id
