@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# The main job. So far: set up, then run one SPARK iteration (policy period, recycling into the
-# judge cache, reward period, checkpoint) on the tiny config, continuing the run if it exists,
-# and show how to query it. The Prefect flow/deployment will take this over (open issue).
+# The main job: set up, start the local Prefect server and the process serving `spark/iterate`,
+# build the tiny model if it is missing (flow `bootstrap`), run one SPARK iteration through the
+# deployment (`prefect deployment run spark/iterate --watch`), and say where to look.
+# Each run continues the run `tiny` after its last completed iteration. Services keep running
+# (the nightly 02:00 schedule needs them): `scripts/services.sh stop` ends them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-CONFIG=${1:-configs/tiny.yaml}
-RUN=${2:-data/runs/tiny}
-ITERATIONS=${ITERATIONS:-1}
-.venv/bin/spark iterate --config "$CONFIG" --run "$RUN" --iterations "$ITERATIONS"
-.venv/bin/spark sql "select iteration, phase, kind, count(*) as rollouts, round(avg(reward), 3) as reward from rollouts group by all order by all" --run "$RUN"
-.venv/bin/spark sql "select kind, count(*) as made, count(iteration_consumed) as consumed from judge_data group by kind order by kind" --run "$RUN"
-echo
-echo "Query the run:  .venv/bin/spark sql \"select kind, count(*) from judge_data group by kind\" --run $RUN"
-echo "Another iteration: ./scripts/run.sh (each run continues after the last completed iteration)"
+export PATH="$PWD/.venv/bin:$PATH"
+python -m deployments.services start
+python -m flows.bootstrap_flow
+prefect deployment run spark/iterate --watch
+RUN=data/runs/tiny
+spark sql "select iteration, phase, kind, count(*) as rollouts, round(avg(reward), 3) as reward from rollouts group by all order by all" --run "$RUN"
+cat <<MSG
+
+Where to look:
+  Prefect UI:      http://127.0.0.1:4200  (flow runs, task runs, logs)
+  MLflow curves:   .venv/bin/$(python -c 'from spark_core.tracking import ui_command, default_data_dir; print(ui_command(default_data_dir()))')
+                   then http://127.0.0.1:5000 (experiment "spark", run "tiny"); plot: $RUN/coevolution.png
+  SQL over tables: .venv/bin/spark sql "select kind, count(*) from judge_data group by kind" --run $RUN
+  One more iteration now:   source .venv/bin/activate && prefect deployment run spark/iterate --watch
+  Stop the services:        scripts/services.sh stop
+MSG

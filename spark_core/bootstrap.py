@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,6 +271,8 @@ def bootstrap(cfg: SparkConfig, out: Path, capacity_check: bool = False) -> dict
         "history": history,
     }
     out = Path(out)
+    final, out = out, out.with_name(out.name + ".tmp")  # the checkpoint appears complete or not at all
+    shutil.rmtree(out, ignore_errors=True)
     save_checkpoint(model, tok, out)
     metrics["seconds"] = round(time.monotonic() - start, 1)
     if capacity_check:
@@ -280,6 +283,8 @@ def bootstrap(cfg: SparkConfig, out: Path, capacity_check: bool = False) -> dict
     # What built this checkpoint: a test checks the shipped one against the current config.
     (out / "bootstrap.json").write_text(json.dumps({"seed": cfg.seed, "problems": cfg.problems.model_dump(mode="json"),
                                                     "bootstrap": s.model_dump(mode="json")}, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    out.rename(final)
     return metrics
 
 

@@ -286,7 +286,7 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         metrics["steps"] = len(updates)
         metrics["skipped_steps"] = sum(u["skipped"] for u in updates)
         secs = sum(u["seconds"] for u in updates)
-        metrics["train_tokens_per_s"] = sum(u["tokens"] for u in updates) / secs if secs > 0 else 0.0
+        metrics["tokens_per_s"] = sum(u["tokens"] for u in updates) / secs if secs > 0 else 0.0
         # The checkpoint is recorded as an input of later stages, not an output of this one: the
         # intermediate policy checkpoint is removed once the iteration completes.
         return dict(outputs={"updates": table}, rows={"updates": len(updates), "sequences": len(batch)},
@@ -362,10 +362,11 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
                        rows={s: sum(v for v in (read_manifest(run_dir, s, k) or {}).get("rows", {}).values())
                              for s in STAGES if read_manifest(run_dir, s, k)},
                        seconds=sum(seconds.values()), extra={"metrics": metrics, "stage_seconds": seconds})
-    shutil.rmtree(checkpoint_dir(run_dir, k, "policy"), ignore_errors=True)
+    _fault("finish")
+    for old in range(k, -1, -1):  # a killed earlier close may have left some behind
+        shutil.rmtree(checkpoint_dir(run_dir, old, "policy"), ignore_errors=True)
     for old in range(k - KEEP_CHECKPOINTS, -1, -1):  # retention: disk stays bounded
         shutil.rmtree(checkpoint_dir(run_dir, old), ignore_errors=True)
-        shutil.rmtree(checkpoint_dir(run_dir, old, "policy"), ignore_errors=True)
     return read_manifest(run_dir, DONE, k)
 
 

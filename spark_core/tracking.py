@@ -119,6 +119,9 @@ def coevolution_plot(run_dir: Path, out: Path) -> Path:
     for key, points in series.items():
         xs, ys = zip(*points)
         ax.plot(xs, ys, marker="o", label=names[key], linestyle="--" if key.startswith("eval/") else "-")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("iteration")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
