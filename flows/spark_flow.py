@@ -17,7 +17,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from spark_core.config import load_config
-from spark_core.iteration import claim_run, completed_iterations
+from spark_core.iteration import claim_run, completed_iterations, summary_line
 from spark_core.runlock import run_lock
 from spark_core.tracking import REPO, default_data_dir, ui_command
 from tasks import stages
@@ -34,15 +34,6 @@ def resolve_config(config: str) -> Path:
     """Relative config paths: from the working directory if present there, else the repository."""
     path = Path(config)
     return path if path.is_absolute() or path.exists() else REPO / path
-
-
-def summary_line(k: int, m: dict) -> str:
-    def f(key: str) -> str:
-        return f"{m[key]:.3f}" if key in m else "-"
-
-    return (f"iteration {k}: solve {f('policy/solve_accuracy')} (held-out greedy {f('eval/policy_accuracy')}), "
-            f"judge pointwise {f('reward/pointwise_accuracy')} pairwise {f('reward/pairwise_accuracy')} "
-            f"(held-out {f('eval/judge_accuracy')}), reflection {f('reward/reflection_accuracy')}")
 
 
 @flow(name="spark", log_prints=True)

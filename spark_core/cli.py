@@ -148,23 +148,19 @@ def iterate(
     """Run SPARK iterations (policy period, recycle, reward period, checkpoint), continuing the run."""
     from spark_core.checkpoint import CheckpointError
     from spark_core.config import load_config
-    from spark_core.iteration import completed_iterations, run_iteration
+    from spark_core.iteration import claim_run, completed_iterations, run_iteration, summary_line
+    from spark_core.runlock import RunLocked, run_lock
     from spark_core.stages import prepare_problems
 
     try:
         cfg = load_config(config)
-        prepare_problems(cfg, run)
-        first = completed_iterations(run, cfg)
-        for k in range(first, first + iterations):
-            m = run_iteration(cfg, run, k)["metrics"]
-            typer.echo(
-                f"iteration {k}: solve {m.get('policy/solve_accuracy', float('nan')):.3f}, "
-                f"judge pointwise {m.get('reward/pointwise_accuracy', float('nan')):.3f} "
-                f"pairwise {m.get('reward/pairwise_accuracy', float('nan')):.3f}, "
-                f"reflection {m.get('reward/reflection_accuracy', float('nan')):.3f}, "
-                f"yes share {m.get('reward/verdict_yes_share', float('nan')):.2f}"
-            )
-    except (InputError, CheckpointError, ValueError) as e:
+        with run_lock(run):
+            claim_run(cfg, run)
+            prepare_problems(cfg, run)
+            first = completed_iterations(run, cfg)
+            for k in range(first, first + iterations):
+                typer.echo(summary_line(k, run_iteration(cfg, run, k)["metrics"]))
+    except (InputError, CheckpointError, RunLocked, ValueError) as e:
         _fail(str(e))
 
 

@@ -420,3 +420,13 @@ def claim_run(cfg: SparkConfig, run_dir: Path) -> None:
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, (json.dumps({"config_hash": key, "config": cfg.resolved()}, indent=2) + "\n").encode(), run_dir)
+
+
+def summary_line(k: int, m: dict) -> str:
+    """One line per finished iteration, for logs and the CLI."""
+    def f(key: str) -> str:
+        return f"{m[key]:.3f}" if key in m else "-"
+
+    return (f"iteration {k}: solve {f('policy/solve_accuracy')} (held-out greedy {f('eval/policy_accuracy')}), "
+            f"judge pointwise {f('reward/pointwise_accuracy')} pairwise {f('reward/pairwise_accuracy')} "
+            f"(held-out {f('eval/judge_accuracy')}), reflection {f('reward/reflection_accuracy')}")

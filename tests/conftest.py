@@ -1,5 +1,11 @@
 import os
+import tempfile
 from pathlib import Path
+
+# Before anything imports Prefect: its home (profiles, local results) goes to a throwaway
+# folder, not ~/.prefect or the repository's data/prefect (prefect.toml), and no telemetry.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="spark-test-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 import pytest
 
@@ -13,3 +19,13 @@ def benchmarks() -> Path:
     if not BENCHMARKS.is_dir():
         pytest.skip(f"shared benchmarks not found at {BENCHMARKS} (set SPARK_BENCHMARKS)")
     return BENCHMARKS
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A temporary Prefect server (SQLite in a temp dir) for the whole session; yields its API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
