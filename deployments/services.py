@@ -107,10 +107,10 @@ def _read_state(data_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def status(data_dir: Path) -> dict:
-    """What runs: pids alive, the API healthy, the deployment registered."""
+def status(data_dir: Path, port: int = DEFAULT_PORT) -> dict:
+    """What runs: pids alive, the API healthy, the deployment registered (`port` when nothing is recorded)."""
     st = _read_state(data_dir)
-    port = st.get("port", DEFAULT_PORT)
+    port = st.get("port", port)
     api = f"http://127.0.0.1:{port}/api"
     return {
         "server": bool(st.get("server_pid")) and _alive(st["server_pid"]),
@@ -122,10 +122,13 @@ def status(data_dir: Path) -> dict:
     }
 
 
-def start(data_dir: Path, port: int = DEFAULT_PORT, timeout: float = 180.0) -> dict:
-    """Start the server and the serving process unless they already run; wait until both answer."""
-    now = status(data_dir)
-    if now["server"] and now["serve"] and now["api_healthy"] and now["deployment"]:
+def start(data_dir: Path, port: int = DEFAULT_PORT, timeout: float = 180.0, serve: bool = True) -> dict:
+    """Start the server and the serving process unless they already run; wait until both answer.
+
+    `serve=False` starts only the server (for a work pool and `prefect worker start`, see
+    deployments/prefect.yaml: a serving process would take the deployment's runs itself)."""
+    now = status(data_dir, port)
+    if now["server"] and now["api_healthy"] and (not serve or (now["serve"] and now["deployment"])):
         print(f"already running: {now['api_url']}")
         return now
     stop(data_dir, quiet=True)  # a half-started set (one process died) is restarted whole
@@ -144,6 +147,9 @@ def start(data_dir: Path, port: int = DEFAULT_PORT, timeout: float = 180.0) -> d
     _state_path(data_dir).write_text(json.dumps(state))
     api = env["PREFECT_API_URL"]
     _wait("prefect server", lambda: _get(f"{api}/health") == 200, server, server_log, timeout)
+    print(f"prefect server: {api} (UI http://127.0.0.1:{port}), database {home / 'prefect.db'}")
+    if not serve:
+        return status(data_dir, port)
     serve = subprocess.Popen(
         [sys.executable, "-m", "deployments.iterate"], cwd=REPO, env=env, stdout=open(serve_log, "ab"),
         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -151,9 +157,8 @@ def start(data_dir: Path, port: int = DEFAULT_PORT, timeout: float = 180.0) -> d
     state["serve_pid"] = serve.pid
     _state_path(data_dir).write_text(json.dumps(state))
     _wait("deployment spark/iterate", lambda: _get(f"{api}/deployments/name/spark/iterate") == 200, serve, serve_log, timeout)
-    print(f"prefect server: {api} (UI http://127.0.0.1:{port}), database {home / 'prefect.db'}")
     print(f"serving spark/iterate (pid {serve.pid}); logs in {home}")
-    return status(data_dir)
+    return status(data_dir, port)
 
 
 def _terminate(pids: list[int], grace: float) -> None:
@@ -193,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("action", choices=("start", "stop", "status"))
     ap.add_argument("--data-dir", type=Path, default=None, help="default: SPARK_DATA_DIR or the repository's data/")
     ap.add_argument("--port", type=int, default=int(os.environ.get("SPARK_PREFECT_PORT", DEFAULT_PORT)))
+    ap.add_argument("--server-only", action="store_true", help="start: no serving process (for a work pool and worker)")
     a = ap.parse_args(argv)
     data_dir = (a.data_dir or default_data_dir()).resolve()
     if a.action == "start":
-        start(data_dir, a.port)
+        start(data_dir, a.port, serve=not a.server_only)
     elif a.action == "stop":
         return 1 if stop(data_dir) else 0
     else:
-        st = status(data_dir)
+        st = status(data_dir, a.port)
         print(json.dumps(st, indent=2))
         return 0 if st["api_healthy"] and st["deployment"] else 1
     return 0
