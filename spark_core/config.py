@@ -202,9 +202,17 @@ class EvalConfig(_Section):
     every: int = Field(1, ge=1)
     """E: evaluate after every E-th iteration (iterations E-1, 2E-1, ...)."""
     problems: int = Field(100, ge=1)
-    """Held-out problems for greedy policy accuracy (the first N of the held-out split)."""
-    judge_problems: int = Field(50, ge=0)
-    """Held-out problems for the labelled judge set (two judge prompts each; synthetic problems only)."""
+    """Held-out problems for policy accuracy and test-time scaling (the first N of the held-out split)."""
+    samples: int = Field(4, ge=0)
+    """k: samples per problem at T=1 for mean@k and pass@k (0: greedy only)."""
+    judge_problems: int = Field(100, ge=0)
+    """Held-out problems the labelled judge set is built from (once per run, by the base model)."""
+    judge_samples: int = Field(4, ge=2)
+    """Answers sampled per problem to build the judge set from."""
+    tts: bool = True
+    """Also measure accuracy with test-time self-reflection (judge own answer, re-solve; 2 rounds)."""
+    best_of_n: int = Field(0, ge=0)
+    """N for self-verified best-of-N at test time (0: off)."""
 
 
 class SparkConfig(_Section):

@@ -33,6 +33,8 @@ import random
 import shutil
 import signal
 import time
+from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -42,7 +44,9 @@ import torch
 
 from spark_core.checkpoint import check_model_dir, load_checkpoint, save_checkpoint
 from spark_core.config import SparkConfig, config_hash
-from spark_core.evaluate import evaluate
+from spark_core.evaluate import (
+    JudgeItem, build_judge_set, policy_metrics, rows_for_evals, run_judge_set, sample_groups, tts_best_of_n, tts_reflect,
+)
 from spark_core.periods import Task, groups_for_recycling, judge_tasks, period_metrics, score, solve_tasks, training_batch
 from spark_core.problems import Problem
 from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_cache
@@ -317,26 +321,86 @@ def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     return _run_stage(cfg, run_dir, "recycle", k, iteration_hash(cfg), body)
 
 
+def _held_out(run_dir: Path) -> list[Problem]:
+    return [Problem(p["id"], p["question"], p["answer"], p["solution"], p["source"])
+            for p in read_table(run_dir, "problems").to_pylist() if p["split"] == "held_out"]
+
+
+def judge_set_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "eval" / "judge_set.parquet"
+
+
+def judge_set_stage(cfg: SparkConfig, run_dir: Path) -> list[JudgeItem]:
+    """Stage `judge_set` (once per run): the labelled reward benchmark, built from the *base*
+    model's sampled answers to held-out problems; frozen, never trained on."""
+    run_dir = Path(run_dir)
+    key = config_hash([iteration_hash(cfg), cfg.eval.judge_problems, cfg.eval.judge_samples])
+    path = judge_set_path(run_dir)
+    if not stage_complete(run_dir, "judge_set", None, key):
+        start = time.monotonic()
+        problems = _held_out(run_dir)[: cfg.eval.judge_problems]
+        r = cfg.rollout
+        items: list[JudgeItem] = []
+        if problems:
+            engine = make_engine(r.engine, base_model(cfg), device=r.device, dtype=r.dtype, seed=cfg.seed)
+            try:
+                groups = sample_groups(engine, problems, cfg.eval.judge_samples, r.max_new_tokens, cfg.seed + 17)
+            finally:
+                engine.close()
+            items = build_judge_set(groups, cfg.seed, cfg.spark.template_set, cfg.spark.judge_input)
+        table = pa.Table.from_pylist([asdict(it) for it in items], schema=_JUDGE_ITEM_SCHEMA)
+        atomic_write_parquet(table, path, staging_dir(run_dir))
+        write_manifest(run_dir, "judge_set", None, key, outputs={"judge_set": path},
+                       rows=dict(Counter(it.kind for it in items)), inputs={"checkpoint": str(base_model(cfg))},
+                       seconds=time.monotonic() - start)
+    return [JudgeItem(**row) for row in pq.read_table(path).to_pylist()]
+
+
+_JUDGE_ITEM_SCHEMA = pa.schema([
+    ("item_id", pa.string()), ("kind", pa.string()), ("wording", pa.string()), ("prompt", pa.string()),
+    ("label", pa.string()), ("positive", pa.string()), ("negative", pa.string()),
+    ("candidate_correct", pa.bool_()), ("source_prompt_id", pa.string()),
+])
+
+
+def evaluate_checkpoint(cfg: SparkConfig, engine, held: list[Problem], items: list[JudgeItem]) -> tuple[dict, list[dict]]:
+    """Every held-out metric of one model: policy, judge set, reflection, test-time scaling."""
+    e, r, ts = cfg.eval, cfg.rollout, cfg.spark.template_set
+    problems = held[: e.problems]
+    m, answers = policy_metrics(engine, problems, e.samples, r.max_new_tokens, cfg.seed + 23)
+    jm, judged = run_judge_set(engine, items, r.judge_max_new_tokens) if items else ({}, [])
+    m |= jm
+    if e.tts:
+        m |= tts_reflect(engine, problems, answers, ts, r.max_new_tokens, r.judge_max_new_tokens)[0]
+    if e.best_of_n:
+        m |= tts_best_of_n(engine, problems, e.best_of_n, ts, r.max_new_tokens, r.judge_max_new_tokens, cfg.seed + 29)
+    return m, judged
+
+
 def evaluate_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
-    """Stage `evaluate` (after every E-th iteration): held-out policy and judge accuracy of
-    checkpoint k into `evals`. Returns None on iterations that are not evaluated."""
+    """Stage `evaluate` (after every E-th iteration): held-out metrics of checkpoint k into
+    `evals`, and the judge's responses to the reward benchmark beside it
+    (`RUN/eval/iteration=k/judge.parquet`). Returns None on iterations that are not evaluated."""
     run_dir = Path(run_dir)
     if (k + 1) % cfg.eval.every:
         return None
 
     def body() -> dict:
-        held = [Problem(p["id"], p["question"], p["answer"], p["solution"], p["source"])
-                for p in read_table(run_dir, "problems").to_pylist() if p["split"] == "held_out"]
+        items = judge_set_stage(cfg, run_dir)
         source = checkpoint_dir(run_dir, k)
         r = cfg.rollout
         engine = make_engine(r.engine, source, device=r.device, dtype=r.dtype, seed=cfg.seed)
         try:
-            rows = evaluate(engine, held, cfg.eval.problems, cfg.eval.judge_problems, r.max_new_tokens, cfg.seed)
+            metrics, judged = evaluate_checkpoint(cfg, engine, _held_out(run_dir), items)
         finally:
             engine.close()
-        path = write_table(run_dir, "evals", rows, iteration=k, part="evaluate")
-        return dict(outputs={"evals": path}, rows={"evals": len(rows)}, inputs={"checkpoint": str(source)},
-                    metrics={row["metric"]: row["value"] for row in rows})
+        n = min(cfg.eval.problems, len(_held_out(run_dir)))
+        path = write_table(run_dir, "evals", rows_for_evals(metrics, "held_out", n), iteration=k, part="evaluate")
+        side = run_dir / "eval" / f"iteration={k}" / "judge.parquet"
+        if judged:
+            atomic_write_parquet(pa.Table.from_pylist(judged), side, staging_dir(run_dir))
+        return dict(outputs={"evals": path}, rows={"evals": len(metrics), "judge_items": len(judged)},
+                    inputs={"checkpoint": str(source)}, metrics={a: b for a, b in metrics.items() if b is not None})
 
     return _run_stage(cfg, run_dir, "evaluate", k, eval_hash(cfg), body)
 
