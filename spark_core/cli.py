@@ -240,5 +240,82 @@ def bootstrap(
         )
 
 
+def _pct(v) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory."),
+    benchmark: str = typer.Option("synthetic", "--benchmark", help="synthetic (the config's held-out split), gsm8k, math500, aime24, amc23, or a JSONL/Parquet file."),
+    tts: str = typer.Option("none", "--tts", help="Test-time scaling: none | reflect (judge own answer, re-solve; 2 rounds) | bon (self-verified best-of-N)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sampling lengths, templates, synthetic problems)."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N problems only."),
+    samples: int = typer.Option(0, "--samples", "-k", help="Also mean@k and pass@k with k samples at T=1."),
+    best_of: int = typer.Option(4, "--best-of", help="N for --tts bon."),
+    engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the metrics as JSON here."),
+) -> None:
+    """Policy accuracy of a checkpoint on a benchmark (held-out data), optionally with test-time scaling."""
+    from spark_core.checkpoint import CheckpointError
+    from spark_core.config import load_config
+    from spark_core.evaluate_file import eval_benchmark
+
+    try:
+        m = eval_benchmark(load_config(config), checkpoint, benchmark, tts, limit, samples, best_of, engine)
+    except (InputError, CheckpointError) as e:
+        _fail(str(e))
+    line = f"{m['benchmark']}: {m['problems']} problems, greedy accuracy {_pct(m['policy_accuracy'])}"
+    if samples:
+        line += f", mean@{samples} {_pct(m[f'mean@{samples}'])}, pass@{samples} {_pct(m[f'pass@{samples}'])}"
+    if tts == "reflect":
+        line += f"; with self-reflection {_pct(m['tts_reflect_accuracy'])} ({m['tts_reflect_extra_generations']:.2f} extra generations/problem)"
+    if tts == "bon":
+        line += f"; self-verified best-of-{best_of} {_pct(m['tts_bon_accuracy'])} (accepted {_pct(m['tts_bon_accept_rate'])}, {m['tts_bon_extra_generations']} extra generations/problem)"
+    typer.echo(line)
+    if output:
+        output.write_text(json.dumps(m, indent=2) + "\n")
+
+
+@app.command("judge-eval")
+def judge_eval(
+    file: Path = typer.Argument(..., help="JSONL or Parquet of labelled responses."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory (the judge)."),
+    question_field: str = typer.Option("question", help="Field holding the question."),
+    response_field: str = typer.Option("response", help="Field holding the response to judge."),
+    label_field: str = typer.Option("correct", help="Field saying whether the response is correct (true/false, 1/0, yes/no)."),
+    template_set: str = typer.Option("compact", help="Judge prompt templates: compact|paper."),
+    judge_input: str = typer.Option("answer", help="What the judge sees: answer (extracted) | cot | both."),
+    max_new_tokens: int = typer.Option(96, help="Longest judge response."),
+    engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write each row's judge response, verdict and log-odds (JSONL or Parquet)."),
+) -> None:
+    """How well a checkpoint judges your labelled responses: accuracy, precision/recall, unparsable verdicts, AUROC."""
+    from spark_core.checkpoint import CheckpointError
+    from spark_core.evaluate_file import judge_eval_file
+
+    try:
+        m, rows, errors = judge_eval_file(file, checkpoint, question_field, response_field, label_field, template_set,
+                                          judge_input, max_new_tokens, engine)
+    except (InputError, CheckpointError, KeyError) as e:
+        _fail(str(e).strip("'\""))
+    for err in errors:
+        typer.echo(f"skipped {err}", err=True)
+    typer.echo(
+        f"{int(m['pointwise_n'])} responses judged ({len(errors)} rows skipped): accuracy {_pct(m['pointwise_accuracy'])}, "
+        f"precision {_pct(m['precision_correct'])}, recall {_pct(m['recall_correct'])} (of \"correct\"), "
+        f"unparsable {_pct(m['unparsable'])}, AUROC {_pct(m['pointwise_auroc'])}, says Yes {_pct(m['verdict_share_yes'])}"
+    )
+    if output:
+        import pyarrow as pa
+
+        from spark_core.store import atomic_write_bytes, atomic_write_parquet
+
+        if output.suffix == ".parquet":
+            atomic_write_parquet(pa.Table.from_pylist(rows), output)
+        else:
+            atomic_write_bytes(output, "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+
 if __name__ == "__main__":
     app()

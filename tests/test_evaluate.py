@@ -164,3 +164,41 @@ def test_pipeline_judge_set_never_overlaps_training(tmp_path):
     assert all(it.source_prompt_id in held and it.source_prompt_id not in train_ids for it in items)
     assert not {held[it.source_prompt_id] for it in items} & train_questions
     assert judge_set_stage(cfg, run) == items  # built once, then read back
+
+
+def test_eval_and_judge_eval_cli(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from spark_core.cli import app
+
+    model = str(ROOT / "data" / "tiny-model")
+    cfg = str(ROOT / "configs" / "tiny.yaml")
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "-c", cfg, "--limit", "6", "--tts", "reflect",
+                                 "-k", "2", "-o", str(tmp_path / "m.json")])
+    assert r.exit_code == 0, r.output
+    assert "synthetic: 6 problems, greedy accuracy" in r.output and "with self-reflection" in r.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert {"policy_accuracy", "mean@2", "pass@2", "tts_reflect_accuracy"} <= set(m)
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "--benchmark", "nope"])
+    assert r.exit_code == 2 and "no such benchmark file" in r.output
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "--tts", "magic"])
+    assert r.exit_code == 2 and "--tts" in r.output
+
+    data = tmp_path / "labelled.jsonl"
+    rows = [{"question": "12+5", "response": "\\boxed{17}", "correct": True},
+            {"question": "12+5", "response": "\\boxed{18}", "correct": "no"},
+            {"question": "3+4", "response": "\\boxed{7}", "correct": "maybe"},
+            {"question": "3+4", "response": 7, "correct": 1}]
+    data.write_text("".join(json.dumps(x) + "\n" for x in rows) + "not json\n")
+    out = tmp_path / "judged.parquet"
+    r = CliRunner().invoke(app, ["judge-eval", str(data), "--checkpoint", model, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "2 responses judged (3 rows skipped)" in r.output and "unparsable" in r.output and "AUROC" in r.output
+    assert ":3: field 'correct' is 'maybe'" in r.output and ":4:" in r.output and ":5:" in r.output
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(out).num_rows == 2
+    r = CliRunner().invoke(app, ["judge-eval", str(data), "--checkpoint", model, "--label-field", "ok"])
+    assert r.exit_code == 2 and "no field 'ok'" in r.output
