@@ -42,9 +42,12 @@ def bootstrap(config: str = DEFAULT_CONFIG, force: bool = False) -> str:
 if __name__ == "__main__":
     import argparse
 
+    from flows.local import api_or_ephemeral
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(description="Build the tiny model when it is missing.")
     ap.add_argument("--config", default=DEFAULT_CONFIG)
     ap.add_argument("--force", action="store_true")
     a = ap.parse_args()
-    bootstrap(config=a.config, force=a.force)
+    with api_or_ephemeral():
+        bootstrap(config=a.config, force=a.force)

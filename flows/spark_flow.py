@@ -74,6 +74,8 @@ def spark(run: str = "tiny", config: str = DEFAULT_CONFIG, iterations: int | Non
 if __name__ == "__main__":
     import argparse
 
+    from flows.local import api_or_ephemeral
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(description="Run the `spark` flow once, in this process.")
     ap.add_argument("--run", default="tiny")
@@ -81,4 +83,5 @@ if __name__ == "__main__":
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
-    spark(run=a.run, config=a.config, iterations=a.iterations, data_dir=a.data_dir)
+    with api_or_ephemeral():
+        spark(run=a.run, config=a.config, iterations=a.iterations, data_dir=a.data_dir)

@@ -178,6 +178,11 @@ class TrainConfig(_Section):
 class SparkMethodConfig(_Section):
     """What SPARK adds to GRPO: recycling and the reward period (spark_core/recycle.py, periods.py)."""
 
+    mode: Literal["spark", "policy_only", "reward_only", "static_mix"] = "spark"
+    """`spark`: policy period, recycle its rollouts, reward period. Ablations (the experiment's
+    arms): `policy_only` (GRPO, no reward period), `reward_only` (no policy update; judge data
+    from the base model's rollouts), `static_mix` (judge data from the base model's rollouts,
+    trained in one period together with the policy rollouts)."""
     template_set: Literal["compact", "paper"] = "compact"
     """Judge/reflection templates: `compact` (tiny model) or `paper` (many phrasings)."""
     judge_input: Literal["answer", "cot", "both"] = "answer"

@@ -276,7 +276,17 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
             if sp.reward_clip_high is not None:
                 overrides["clip_high"] = sp.reward_clip_high
             lr_scale = sp.reward_lr_scale
+        mode = cfg.spark.mode
         batch = training_batch(groups, rows)
+        if phase == "policy" and mode in ("reward_only", "static_mix"):
+            batch = []  # no policy period of its own (static_mix trains these with the reward data)
+        if phase == "reward" and mode == "static_mix":
+            # One period on the policy rollouts and the judge rollouts together, at the policy's
+            # settings: the static mix of the ablation.
+            ptasks, pgroups = read_samples(samples_path(run_dir, k, "policy"))
+            prows = pq.read_table(part_path(run_dir, "rollouts", k, "policy")).to_pylist()
+            batch = training_batch(pgroups, prows) + batch
+            overrides, lr_scale = {}, 1.0
         updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
         table = write_table(run_dir, "updates", updates, iteration=k, part=phase)
         out = checkpoint_dir(run_dir, k, phase)
@@ -306,10 +316,21 @@ def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     run_dir = Path(run_dir)
 
     def body() -> dict:
-        tasks, _ = read_samples(samples_path(run_dir, k, "policy"))
+        tasks, groups = read_samples(samples_path(run_dir, k, "policy"))
         rows = pq.read_table(part_path(run_dir, "rollouts", k, "policy")).to_pylist()
         sp = cfg.spark
-        made = recycle(groups_for_recycling(rows, tasks), cfg.seed, sp.template_set, sp.judge_input,
+        if sp.mode in ("reward_only", "static_mix"):
+            # Judge data from the frozen base model's answers to the same problems.
+            r = cfg.rollout
+            spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k + 7)
+            engine = make_engine(r.engine, base_model(cfg), device=r.device, dtype=r.dtype, seed=spec.seed)
+            try:
+                groups = engine.generate([t.prompt for t in tasks], spec)
+            finally:
+                engine.close()
+            rows = score(tasks, groups, "base", cfg.train.advantage)[0]
+        source = [] if sp.mode == "policy_only" else groups_for_recycling(rows, tasks)
+        made = recycle(source, cfg.seed, sp.template_set, sp.judge_input,
                        sp.mixed_pointwise, salt=f"iteration={k}", balance_labels=sp.balance_labels)
         path = write_cache(run_dir, k, made.rows)
         batch = take_from_cache(run_dir, k, cfg.rollout.batch_prompts, sp.balance_labels)

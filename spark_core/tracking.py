@@ -60,8 +60,10 @@ def _client(data_dir: Path):
     return MlflowClient(tracking_uri=tracking_uri(data_dir))
 
 
-def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path) -> str:
-    """The MLflow run of this SPARK run: resumed when recorded, created (with the config as params) otherwise."""
+def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path, experiment: str = EXPERIMENT,
+            parent_run_id: str | None = None) -> str:
+    """The MLflow run of this SPARK run: resumed when recorded, created (with the config as params)
+    otherwise; nested under `parent_run_id` when given (the experiment's arms)."""
     record = run_dir / "mlflow.json"
     if record.is_file():
         doc = json.loads(record.read_text())
@@ -70,9 +72,8 @@ def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path) -> str:
                 return client.get_run(doc["run_id"]).info.run_id
             except Exception:  # the store was deleted or replaced: start a new MLflow run
                 log.warning("MLflow run %s not found in %s; creating a new one", doc["run_id"], tracking_uri(data_dir))
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    exp_id = exp.experiment_id if exp else client.create_experiment(EXPERIMENT, artifact_location=artifact_location(data_dir))
-    run = client.create_run(exp_id, run_name=run_dir.name, tags={"spark.run_dir": str(run_dir.resolve())})
+    tags = {"spark.run_dir": str(run_dir.resolve())} | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
+    run = client.create_run(experiment_id(client, experiment, data_dir), run_name=run_dir.name, tags=tags)
     from mlflow.entities import Param
 
     params = [Param(k, v[:6000]) for k, v in sorted(_flatten(cfg.resolved()).items())]
@@ -80,6 +81,11 @@ def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path) -> str:
         client.log_batch(run.info.run_id, params=params[i : i + 100])
     atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode(), run_dir)
     return run.info.run_id
+
+
+def experiment_id(client, name: str, data_dir: Path) -> str:
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location(data_dir))
 
 
 def iteration_metrics(run_dir: Path, k: int) -> dict[str, float]:
@@ -137,7 +143,8 @@ def coevolution_plot(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir: str | Path | None = None) -> str:
+def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir: str | Path | None = None,
+                     experiment: str = EXPERIMENT, parent_run_id: str | None = None) -> str:
     """Log the metrics of each given iteration not logged yet (step = iteration), then the
     updated co-evolution plot; returns the MLflow run id. Iterations that a crashed flow run
     completed but never logged are caught up by the next one."""
@@ -146,7 +153,7 @@ def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir
     run_dir = Path(run_dir)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     client = _client(data_dir)
-    run_id = _run_id(client, cfg, run_dir, data_dir)
+    run_id = _run_id(client, cfg, run_dir, data_dir, experiment, parent_run_id)
     done = {m.step for m in client.get_metric_history(run_id, MARKER)}
     for k in iterations:
         if k in done:
@@ -158,3 +165,50 @@ def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir
     plot = coevolution_plot(run_dir, run_dir / "coevolution.png")
     client.log_artifact(run_id, str(plot))
     return run_id
+
+
+def experiment_parent(root: Path, name: str, data_dir: str | Path, params: dict) -> str:
+    """The parent MLflow run of an experiment (resumed from ROOT/mlflow.json when recorded)."""
+    root, data_dir = Path(root), Path(data_dir)
+    client = _client(data_dir)
+    record = root / "mlflow.json"
+    if record.is_file():
+        doc = json.loads(record.read_text())
+        try:
+            if doc.get("tracking_uri") == tracking_uri(data_dir):
+                return client.get_run(doc["run_id"]).info.run_id
+        except Exception:
+            log.warning("experiment MLflow run %s not found; creating a new one", doc.get("run_id"))
+    run = client.create_run(experiment_id(client, "spark-experiment", data_dir), run_name=name,
+                            tags={"spark.experiment_dir": str(root.resolve())})
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+    atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode())
+    return run.info.run_id
+
+
+def log_summary(run_id: str, metrics: dict, data_dir: str | Path, artifacts: list[Path] = ()) -> None:
+    """Final numbers (step 0) and files on an MLflow run."""
+    from mlflow.entities import Metric
+
+    client = _client(Path(data_dir))
+    now = int(time.time() * 1000)
+    ms = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())
+          if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
+    if ms:
+        client.log_batch(run_id, metrics=ms)
+    for a in artifacts:
+        client.log_artifact(run_id, str(a))
+
+
+def child_run(parent_run_id: str, run_dir: Path, data_dir: str | Path) -> str:
+    """A nested MLflow run with no iterations (the experiment's `base` arm)."""
+    client = _client(Path(data_dir))
+    record = Path(run_dir) / "mlflow.json"
+    if record.is_file():
+        return json.loads(record.read_text())["run_id"]
+    run = client.create_run(experiment_id(client, "spark-experiment", Path(data_dir)), run_name=Path(run_dir).name,
+                            tags={"mlflow.parentRunId": parent_run_id, "spark.run_dir": str(Path(run_dir).resolve())})
+    atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode())
+    return run.info.run_id

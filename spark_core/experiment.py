@@ -1,0 +1,216 @@
+"""The SPARK-versus-GRPO experiment: the same base model, problems, seeds and data order in every arm.
+
+Arms (each a run directory under the experiment folder, made by the same stages as any run):
+
+| arm | what trains |
+|---|---|
+| `base` | nothing: the base model evaluated |
+| `grpo_policy` | GRPO policy periods only (`spark.mode: policy_only`) |
+| `grpo_reward` | reward periods only, judge data from the base model's rollouts (`reward_only`) |
+| `grpo_static` | policy rollouts and judge data from the base model's rollouts in one period (`static_mix`) |
+| `spark` | SPARK with the authors' rules (`balance_labels: false`) |
+| `spark_safeguarded` | SPARK with this project's safeguard: label balance (`balance_labels: true`) |
+
+SPARK takes two optimizer steps per iteration (a policy and a reward period), the single-period
+arms one: `grpo_policy` and `grpo_reward` run 2N iterations, so they are compared both at N
+iterations and at 2N (equal optimizer steps). Results come from each run's `evals` table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+from spark_core.config import SparkConfig
+from spark_core.store import atomic_write_bytes, atomic_write_parquet, read_manifest, read_table, write_manifest
+
+ARMS = ("base", "grpo_policy", "grpo_reward", "grpo_static", "spark", "spark_safeguarded")
+_MODE = {"grpo_policy": ("policy_only", False), "grpo_reward": ("reward_only", True), "grpo_static": ("static_mix", True),
+         "spark": ("spark", False), "spark_safeguarded": ("spark", True)}
+DOUBLED = ("grpo_policy", "grpo_reward")  # one period per iteration: run twice as many iterations
+METRICS = ("policy_accuracy", "judge_accuracy", "judge_auroc", "tts_accuracy", "reflection_accuracy",
+           "verdict_share_yes", "verdict_share_a_pairwise")
+
+
+def arm_iterations(arm: str, n: int) -> int:
+    return 0 if arm == "base" else 2 * n if arm in DOUBLED else n
+
+
+def eval_every(n: int) -> int:
+    """An evaluation period that divides N (so iterations N-1 and 2N-1 are evaluated), about N/4."""
+    return next(d for d in range(max(1, n // 4), 0, -1) if n % d == 0)
+
+
+def arm_config(base: SparkConfig, arm: str, seed: int, n: int) -> SparkConfig:
+    """The config of one arm and seed: the base config with the arm's mode, seed and evaluation period."""
+    data = base.resolved()
+    data["seed"] = seed
+    mode, balanced = _MODE.get(arm, ("spark", False))
+    data["spark"] |= {"mode": mode, "balance_labels": balanced}
+    data["eval"] |= {"every": eval_every(n)}
+    return SparkConfig.model_validate(data)
+
+
+def _evals_at(run_dir: Path, k: int) -> dict:
+    t = read_table(run_dir, "evals").to_pylist()
+    return {r["metric"]: r["value"] for r in t if r["iteration"] == k}
+
+
+def _steps_through(run_dir: Path, k: int) -> int:
+    return sum(1 for r in read_table(run_dir, "updates").to_pylist() if r["iteration"] <= k and not r["skipped"])
+
+
+def _pick(m: dict) -> dict:
+    return {"policy_accuracy": m.get("policy_accuracy"), "judge_accuracy": m.get("judge_accuracy"),
+            "judge_auroc": m.get("judge_auroc"), "tts_accuracy": m.get("tts_reflect_accuracy"),
+            "reflection_accuracy": m.get("reflection_accuracy"), "verdict_share_yes": m.get("verdict_share_yes"),
+            "verdict_share_a_pairwise": m.get("verdict_share_a_pairwise")}
+
+
+def run_base(cfg: SparkConfig, run_dir: Path) -> dict:
+    """Evaluate the base model on the run's held-out data (once; kept in a manifest)."""
+    from spark_core.iteration import _held_out, base_model, eval_hash, evaluate_checkpoint, judge_set_stage
+    from spark_core.rollout import make_engine
+    from spark_core.stages import prepare_problems
+
+    prepare_problems(cfg, run_dir)
+    doc = read_manifest(run_dir, "base_eval", None)
+    if doc and doc.get("config_hash") == eval_hash(cfg):
+        return doc["metrics"]
+    start = time.monotonic()
+    items = judge_set_stage(cfg, run_dir)
+    r = cfg.rollout
+    engine = make_engine(r.engine, base_model(cfg), device=r.device, dtype=r.dtype, seed=cfg.seed)
+    try:
+        metrics, _ = evaluate_checkpoint(cfg, engine, _held_out(run_dir), items)
+    finally:
+        engine.close()
+    write_manifest(run_dir, "base_eval", None, eval_hash(cfg), outputs={}, rows={}, seconds=time.monotonic() - start,
+                   extra={"metrics": metrics})
+    return metrics
+
+
+def run_arm(base_cfg: SparkConfig, arm: str, seed: int, n: int, root: Path) -> tuple[dict, Path, SparkConfig]:
+    """Run (or finish) one arm for one seed; returns its result row, run directory and config."""
+    from spark_core.iteration import claim_run, completed_iterations, run_iteration
+    from spark_core.runlock import run_lock
+    from spark_core.stages import prepare_problems
+
+    cfg = arm_config(base_cfg, arm, seed, n)
+    run_dir = Path(root) / f"{arm}-seed{seed}"
+    start = time.monotonic()
+    with run_lock(run_dir):
+        claim_run(cfg, run_dir)
+        if arm == "base":
+            m = run_base(cfg, run_dir)
+            row = {"arm": arm, "seed": seed, "iterations": 0, "optimizer_steps": 0, **_pick(m)}
+            row |= {f"{k}_at_equal_steps": v for k, v in _pick(m).items()} | {"optimizer_steps_at_equal_steps": 0}
+        else:
+            prepare_problems(cfg, run_dir)
+            total = arm_iterations(arm, n)
+            for k in range(completed_iterations(run_dir, cfg), total):
+                run_iteration(cfg, run_dir, k)
+            row = {"arm": arm, "seed": seed, "iterations": n, "optimizer_steps": _steps_through(run_dir, n - 1),
+                   **_pick(_evals_at(run_dir, n - 1))}
+            row |= {f"{k}_at_equal_steps": v for k, v in _pick(_evals_at(run_dir, total - 1)).items()}
+            row["optimizer_steps_at_equal_steps"] = _steps_through(run_dir, total - 1)
+    row["seconds"] = time.monotonic() - start
+    return row, run_dir, cfg
+
+
+# --------------------------------------------------------------------------- reporting
+
+RESULT_SCHEMA = pa.schema(
+    [("arm", pa.string()), ("seed", pa.int64()), ("iterations", pa.int64()), ("optimizer_steps", pa.int64())]
+    + [(m, pa.float64()) for m in METRICS]
+    + [("optimizer_steps_at_equal_steps", pa.int64())]
+    + [(f"{m}_at_equal_steps", pa.float64()) for m in METRICS]
+    + [("seconds", pa.float64())]
+)
+
+
+def write_results(rows: list[dict], out_dir: Path, meta: dict) -> dict[str, Path]:
+    """results.parquet (one row per arm and seed), results.md (mean and spread), coevolution.png."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pylist([{f.name: r.get(f.name) for f in RESULT_SCHEMA} for r in rows], schema=RESULT_SCHEMA)
+    atomic_write_parquet(table, out_dir / "results.parquet")
+    atomic_write_bytes(out_dir / "results.md", markdown(rows, meta).encode())
+    atomic_write_bytes(out_dir / "meta.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return {"parquet": out_dir / "results.parquet", "markdown": out_dir / "results.md"}
+
+
+def _mean_sd(values: list) -> str:
+    xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{100 * xs[0]:.1f}"
+    return f"{100 * statistics.mean(xs):.1f} ± {100 * statistics.stdev(xs):.1f}"
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    """Table-2-like summary: per arm, mean ± sd over seeds, in percent."""
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"Arms at N = {meta.get('iterations')} iterations, seeds {seeds} (mean ± sd over seeds, percent). "
+             "Policy: greedy held-out accuracy; judge: accuracy on the balanced held-out judge set "
+             "(a constant verdict scores 50); AUROC of the verdict log-odds; TTS: with test-time self-reflection.", "",
+             "| arm | steps | policy | judge | mean | judge AUROC | policy + TTS | Yes share | at equal steps: steps | policy | judge |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for arm in [a for a in ARMS if any(r["arm"] == a for r in rows)]:
+        rs = [r for r in rows if r["arm"] == arm]
+        both = [None if r["policy_accuracy"] is None or r["judge_accuracy"] is None
+                else (r["policy_accuracy"] + r["judge_accuracy"]) / 2 for r in rs]
+        steps = statistics.mean(r["optimizer_steps"] for r in rs)
+        esteps = statistics.mean(r["optimizer_steps_at_equal_steps"] for r in rs)
+        lines.append(
+            f"| {arm} | {steps:.0f} | {_mean_sd([r['policy_accuracy'] for r in rs])} | {_mean_sd([r['judge_accuracy'] for r in rs])} "
+            f"| {_mean_sd(both)} | {_mean_sd([r['judge_auroc'] for r in rs])} | {_mean_sd([r['tts_accuracy'] for r in rs])} "
+            f"| {_mean_sd([r['verdict_share_yes'] for r in rs])} | {esteps:.0f} "
+            f"| {_mean_sd([r['policy_accuracy_at_equal_steps'] for r in rs])} | {_mean_sd([r['judge_accuracy_at_equal_steps'] for r in rs])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def coevolution_plot(runs: dict[str, list[Path]], out: Path) -> Path:
+    """Held-out policy and judge accuracy against optimizer steps, one line per arm (mean over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for arm, dirs in runs.items():
+        if arm == "base":
+            continue
+        curves: dict[int, list[tuple[float | None, float | None]]] = {}
+        for d in dirs:
+            evals = read_table(d, "evals").to_pylist()
+            for k in sorted({r["iteration"] for r in evals}):
+                m = {r["metric"]: r["value"] for r in evals if r["iteration"] == k}
+                curves.setdefault(_steps_through(d, k), []).append((m.get("policy_accuracy"), m.get("judge_accuracy")))
+        xs = sorted(curves)
+        for ax, i in zip(axes, (0, 1)):
+            ys = [statistics.mean(v[i] for v in curves[x] if v[i] is not None) for x in xs]
+            ax.plot(xs, ys, marker="o", label=arm)
+    base = [d for d in runs.get("base", [])]
+    for ax, key, title in zip(axes, ("policy_accuracy", "judge_accuracy"), ("policy accuracy (greedy, held out)", "judge accuracy (held-out judge set)")):
+        vals = [read_manifest(d, "base_eval", None)["metrics"].get(key) for d in base if read_manifest(d, "base_eval", None)]
+        if vals:
+            ax.axhline(statistics.mean(vals), color="gray", linestyle=":", label="base")
+        ax.set_title(title)
+        ax.set_xlabel("optimizer steps")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[1].axhline(0.5, color="black", linewidth=0.5)
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return Path(out)
