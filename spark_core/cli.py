@@ -317,5 +317,29 @@ def judge_eval(
             atomic_write_bytes(output, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
+@app.command()
+def experiment(
+    preset: str = typer.Option("quick", help="quick (1 seed, N=3, a first look) | full (3 seeds, N=10)."),
+    name: Optional[str] = typer.Option(None, help="Experiment folder under DATA/experiments (default: the preset)."),
+    config: str = typer.Option("configs/tiny.yaml", "--config", "-c", help="The base config every arm starts from."),
+    iterations: Optional[int] = typer.Option(None, help="N, iterations per arm (the single-period arms run 2N)."),
+    seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Seeds (repeat the option); default: the preset's."),
+    arms: Optional[list[str]] = typer.Option(None, "--arm", help="Arms (repeat the option); default: all six."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where results.parquet, results.md and coevolution.png go."),
+) -> None:
+    """SPARK against its GRPO ablations with identical seeds and data (the Prefect flow `experiment`)."""
+    # The one command that runs a Prefect flow: imported here so the rest of the CLI (and
+    # spark_core) stays free of Prefect.
+    from flows.experiment_flow import experiment as run_experiment
+    from flows.local import api_or_ephemeral
+
+    try:
+        with api_or_ephemeral():
+            run_experiment(name=name or preset, config=config, preset=preset, iterations=iterations, seeds=seeds,
+                           arms=arms, out=str(out) if out else None)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+
+
 if __name__ == "__main__":
     app()
