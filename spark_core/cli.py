@@ -267,7 +267,7 @@ def eval_(
         _fail(str(e))
     line = f"{m['benchmark']}: {m['problems']} problems, greedy accuracy {_pct(m['policy_accuracy'])}"
     if samples:
-        line += f", mean@{samples} {_pct(m[f'mean@{samples}'])}, pass@{samples} {_pct(m[f'pass@{samples}'])}"
+        line += f", mean@{samples} {_pct(m[f'mean_at_{samples}'])}, pass@{samples} {_pct(m[f'pass_at_{samples}'])}"
     if tts == "reflect":
         line += f"; with self-reflection {_pct(m['tts_reflect_accuracy'])} ({m['tts_reflect_extra_generations']:.2f} extra generations/problem)"
     if tts == "bon":

@@ -272,8 +272,8 @@ def policy_metrics(engine: Engine, problems: Sequence[Problem], k: int, max_new_
     if k > 0:
         groups = engine.generate([p.question for p in problems], SamplingSpec(k, 1.0, 1.0, max_new_tokens, seed=seed))
         hits = [[bool(verify_response(s.text, p.answer).correct) for s in g] for p, g in zip(problems, groups)]
-        m[f"mean@{k}"] = sum(map(sum, hits)) / (k * len(problems))
-        m[f"pass@{k}"] = _share([any(h) for h in hits])
+        m[f"mean_at_{k}"] = sum(map(sum, hits)) / (k * len(problems))
+        m[f"pass_at_{k}"] = _share([any(h) for h in hits])
     return m, answers
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -41,6 +42,14 @@ def artifact_location(data_dir: str | Path) -> str:
 
 def ui_command(data_dir: str | Path) -> str:
     return f"mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {tracking_uri(data_dir)}"
+
+
+_ALLOWED = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def metric_name(name: str) -> str:
+    """An MLflow-legal metric name (alphanumerics, `_-. :/`); anything else becomes `_`."""
+    return _ALLOWED.sub("_", name)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, str]:
@@ -159,7 +168,7 @@ def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir
         if k in done:
             continue
         now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, k) for key, value in sorted(iteration_metrics(run_dir, k).items())]
+        metrics = [Metric(metric_name(key), value, now, k) for key, value in sorted(iteration_metrics(run_dir, k).items())]
         metrics.append(Metric(MARKER, float(k), now, k))  # last, in the same batch: written together
         client.log_batch(run_id, metrics=metrics)
     plot = coevolution_plot(run_dir, run_dir / "coevolution.png")
@@ -194,7 +203,7 @@ def log_summary(run_id: str, metrics: dict, data_dir: str | Path, artifacts: lis
 
     client = _client(Path(data_dir))
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in sorted(metrics.items())
+    ms = [Metric(metric_name(k), float(v), now, 0) for k, v in sorted(metrics.items())
           if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v]
     if ms:
         client.log_batch(run_id, metrics=ms)

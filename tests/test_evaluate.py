@@ -180,7 +180,7 @@ def test_eval_and_judge_eval_cli(tmp_path):
     assert r.exit_code == 0, r.output
     assert "synthetic: 6 problems, greedy accuracy" in r.output and "with self-reflection" in r.output
     m = json.loads((tmp_path / "m.json").read_text())
-    assert {"policy_accuracy", "mean@2", "pass@2", "tts_reflect_accuracy"} <= set(m)
+    assert {"policy_accuracy", "mean_at_2", "pass_at_2", "tts_reflect_accuracy"} <= set(m)
     r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "--benchmark", "nope"])
     assert r.exit_code == 2 and "no such benchmark file" in r.output
     r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "--tts", "magic"])

@@ -15,7 +15,7 @@ from spark_core.runlock import RunLocked, run_lock
 from spark_core.store import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = "rollout:\n  batch_prompts: 4\n  group_size: 4\neval:\n  problems: 8\n  judge_problems: 4\n"
+SMALL = "rollout:\n  batch_prompts: 4\n  group_size: 4\neval:\n  problems: 8\n  judge_problems: 4\n  samples: 2\n"
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_flow_runs_iterations_and_tracks_them(prefect_api, small_config, tmp_pat
     for key in ("policy/solve_accuracy", "reward/reward_mean", "policy/train_kl", "reward/train_entropy",
                 "policy/response_tokens_mean", "policy/train_grad_norm", "policy/train_clip_frac_high",
                 "reward/zero_variance_groups", "recycle/made_pointwise", "recycle/consumed_pairwise",
-                "seconds/train_policy", "eval/policy_accuracy", "eval/judge_accuracy"):
+                "seconds/train_policy", "eval/policy_accuracy", "eval/judge_accuracy", "eval/mean_at_2"):
         assert [s for s, _ in _mlflow_history(data, key)] == [0, 1], key
     for key in ("reward/pointwise_accuracy", "reward/pairwise_accuracy", "reward/reflection_accuracy"):
         # logged when the batch had that kind (4 prompts x 4 samples need not make every kind)
