@@ -17,6 +17,11 @@ import json
 from pathlib import Path
 
 import torch
+from transformers.utils import logging as hf_logging
+
+# Every stage loads and saves checkpoints: transformers' per-load progress bars would drown
+# the stage logs (the Prefect UI, serve.log) in "Loading weights" lines.
+hf_logging.disable_progress_bar()
 
 SPECIAL_TOKENS = ("<|pad|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>")
 CHAT_TEMPLATE = (

@@ -1,0 +1,164 @@
+"""Side by side with TRL's GRPOTrainer: the same policy-only GRPO work, in one run.
+
+Both start from the same checkpoint and get the same prompts in the same order (the pipeline's
+own per-iteration draw), G samples each, the same lengths, learning rate, clip range, KL
+coefficient, optimizer (AdamW 0.9/0.95, no weight decay, clip 1.0, constant LR) and number of
+optimizer steps (4 per batch of 32 prompts x 8 = 256 sequences, mini-batches of 64). TRL's
+defaults that would differ are set explicitly: `per_device_train_batch_size` counts completions
+(64), gradient checkpointing off, `beta` 0.001 (TRL's default is 0: no reference model),
+`top_k` 0 (no top-k), `loss_type` dapo (token mean over the batch, as here).
+
+Measured: wall seconds of the training loop (sampling, rewards, reference and policy passes,
+updates), sequences per second, and greedy accuracy on held-out problems after the same steps.
+This project runs twice: in-process (`run_period`, the same loop TRL runs) and as the staged
+pipeline (`spark.mode: policy_only` through `run_iteration`: every stage reads and writes its
+files and reloads the checkpoint, which is what restartability costs).
+
+Needs the `bench` extra (`pip install -e .[bench]`: trl, accelerate).
+Run: `.venv/bin/python benchmarks/bench_trl.py [--batches 8] [--threads 2]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spark_core.checkpoint import load_checkpoint  # noqa: E402
+from spark_core.config import SparkConfig, load_config  # noqa: E402
+from spark_core.evaluate import policy_metrics  # noqa: E402
+from spark_core.periods import run_period, solve_tasks  # noqa: E402
+from spark_core.problems import generate_problems  # noqa: E402
+from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
+from spark_core.trainer import Trainer, TrainSettings  # noqa: E402
+from spark_core.verify import verify_response  # noqa: E402
+
+
+def prompt_batches(cfg: SparkConfig, train, batches: int):
+    """The problems the pipeline's rollout stage draws for iterations 0..batches-1."""
+    return [random.Random(f"{cfg.seed}|iteration|{k}").sample(train, cfg.rollout.batch_prompts) for k in range(batches)]
+
+
+def held_out_accuracy(model, tok, held) -> float:
+    return policy_metrics(HFEngine(model, tok, device="cpu"), held, 0, 48, 0)[0]["policy_accuracy"]
+
+
+def run_ours(cfg, batches, held):
+    model, tok = load_checkpoint(ROOT / cfg.model.path)
+    ref, _ = load_checkpoint(ROOT / cfg.model.path)
+    engine = HFEngine(model, tok, device="cpu")
+    t = cfg.train
+    trainer = Trainer(model, ref, TrainSettings(lr=t.lr, mini_batch_size=t.mini_batch_size, micro_batch_size=t.micro_batch_size,
+                                                clip_low=t.clip_low, clip_high=t.clip_high, beta=t.beta), tok.pad_token_id,
+                      torch.device("cpu"))
+    r = cfg.rollout
+    start, steps = time.monotonic(), 0
+    for k, problems in enumerate(batches):
+        spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k)
+        steps += len(run_period(engine, trainer, solve_tasks(problems), spec, "policy")[1])
+    seconds = time.monotonic() - start
+    return {"system": "spark (in-process loop)", "seconds": seconds, "steps": steps,
+            "held_out_accuracy": held_out_accuracy(model, tok, held)}
+
+
+def run_pipeline(cfg_path: Path, n: int, held):
+    from spark_core.iteration import checkpoint_dir, run_iteration
+    from spark_core.stages import prepare_problems
+
+    run = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
+    data = load_config(cfg_path).resolved()
+    data["spark"]["mode"] = "policy_only"
+    data["eval"]["every"] = 10**6  # no evaluation inside the timed loop
+    cfg = SparkConfig.model_validate(data)
+    prepare_problems(cfg, run)
+    start = time.monotonic()
+    for k in range(n):
+        run_iteration(cfg, run, k)
+    seconds = time.monotonic() - start
+    import pyarrow.parquet as pq
+
+    steps = sum(pq.read_table(p).num_rows for p in (run / "tables" / "updates").rglob("*.parquet"))
+    model, tok = load_checkpoint(checkpoint_dir(run, n - 1))
+    out = {"system": "spark (staged pipeline)", "seconds": seconds, "steps": steps,
+           "held_out_accuracy": held_out_accuracy(model, tok, held)}
+    shutil.rmtree(run, ignore_errors=True)
+    return out
+
+
+def run_trl(cfg, batches, held):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    model, tok = load_checkpoint(ROOT / cfg.model.path)
+    rows = [{"prompt": [{"role": "user", "content": p.question}], "answer": p.answer} for b in batches for p in b]
+
+    def reward(completions, answer, **_):
+        return [1.0 if verify_response(c[0]["content"], a).correct else 0.0 for c, a in zip(completions, answer)]
+
+    r, t = cfg.rollout, cfg.train
+    per_step = t.mini_batch_size
+    gen_batch = r.batch_prompts * r.group_size
+    out_dir = tempfile.mkdtemp(prefix="bench-trl-")
+    args = GRPOConfig(
+        output_dir=out_dir, per_device_train_batch_size=per_step, steps_per_generation=gen_batch // per_step,
+        gradient_accumulation_steps=1, num_generations=r.group_size, max_completion_length=r.max_new_tokens,
+        temperature=r.temperature, top_p=r.top_p, top_k=0, learning_rate=t.lr, lr_scheduler_type="constant",
+        warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0, beta=t.beta,
+        epsilon=t.clip_low, epsilon_high=t.clip_high, loss_type="dapo", num_iterations=1, gradient_checkpointing=False,
+        use_cpu=True, bf16=False, max_steps=len(batches) * gen_batch // per_step, shuffle_dataset=False,
+        logging_steps=gen_batch // per_step, save_strategy="no", report_to="none", seed=cfg.seed, disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tok)
+    start = time.monotonic()
+    result = trainer.train()
+    seconds = time.monotonic() - start
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"system": f"TRL {__import__('trl').__version__} GRPOTrainer", "seconds": seconds,
+            "steps": result.global_step, "held_out_accuracy": held_out_accuracy(trainer.model, tok, held)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
+    ap.add_argument("--batches", type=int, default=8, help="batches of 32 prompts x 8 samples (4 steps each)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--held-out", type=int, default=200)
+    ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = load_config(a.config)
+    train, held = generate_problems(cfg.problems, cfg.seed)
+    held = held[: a.held_out]
+    batches = prompt_batches(cfg, train, a.batches)
+    model, tok = load_checkpoint(ROOT / cfg.model.path)
+    base = held_out_accuracy(model, tok, held)
+    rows = [run_trl(cfg, batches, held), run_ours(cfg, batches, held), run_pipeline(Path(a.config), a.batches, held)]
+    seqs = a.batches * cfg.rollout.batch_prompts * cfg.rollout.group_size
+    print(f"{a.batches} batches x {cfg.rollout.batch_prompts} prompts x {cfg.rollout.group_size} samples = {seqs} sequences; "
+          f"{a.threads} threads; base held-out greedy accuracy {base:.3f} ({len(held)} problems)")
+    print(f"{'system':34} {'steps':>5} {'seconds':>8} {'seq/s':>7} {'s/1000 seq':>10} {'held-out acc':>12}")
+    trl_rate = seqs / rows[0]["seconds"]
+    for row in rows:
+        row |= {"sequences": seqs, "seq_per_s": seqs / row["seconds"], "s_per_1000": 1000 * row["seconds"] / seqs,
+                "ratio_vs_trl": seqs / row["seconds"] / trl_rate, "base_accuracy": base, "threads": a.threads}
+        print(f"{row['system']:34} {row['steps']:>5} {row['seconds']:>8.1f} {row['seq_per_s']:>7.1f} "
+              f"{row['s_per_1000']:>10.2f} {row['held_out_accuracy']:>12.3f}   x{row['ratio_vs_trl']:.2f} vs TRL")
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
