@@ -107,7 +107,19 @@ class Example:
     label: str | None  # the true verdict / answer (None for solve)
 
 
-def make_example(kind: str, p: Problem, rng: random.Random, true_labels: bool, correct: bool | None = None,
+def _shown_verdict(label: str, true_labels: bool | float, rng: random.Random, options: tuple[str, str],
+                   pairwise: bool) -> str:
+    """The verdict an SFT trace ends with: the true one (True), a coin flip (False, the default
+    bootstrap: a judge with no skill), or the true one with probability p (a float: a weak judge).
+    The coin flips draw from `rng` exactly as the shipped model's bootstrap did."""
+    if true_labels is True:
+        return label
+    if true_labels is False:
+        return rng.choice("AB") if pairwise else (options[0] if rng.random() < 0.5 else options[1])
+    return label if rng.random() < float(true_labels) else next(o for o in options if o != label)
+
+
+def make_example(kind: str, p: Problem, rng: random.Random, true_labels: bool | float, correct: bool | None = None,
                  wording: str | None = None, slot: str | None = None) -> Example:
     """One supervised example of `kind` on problem `p`; verdicts random unless `true_labels`."""
     answer = int(p.answer)
@@ -118,14 +130,14 @@ def make_example(kind: str, p: Problem, rng: random.Random, true_labels: bool, c
         cand = p.answer if correct else str(near_miss(answer, rng))
         tpl = rng.choice(templates("compact", "pointwise", wording))
         label = pointwise_label(correct, tpl.wording)
-        shown = label if true_labels else pointwise_label(rng.random() < 0.5, tpl.wording)
+        shown = _shown_verdict(label, true_labels, rng, (pointwise_label(True, tpl.wording), pointwise_label(False, tpl.wording)), False)
         return Example(kind, tpl.render(question=p.question, candidate=cand), pointwise_trace(p, cand, shown), label)
     if kind == "pairwise":
         slot = rng.choice("AB") if slot is None else slot
         wrong = str(near_miss(answer, rng))
         a, b = (p.answer, wrong) if slot == "A" else (wrong, p.answer)
         tpl = rng.choice(templates("compact", "pairwise"))
-        shown = slot if true_labels else rng.choice("AB")
+        shown = _shown_verdict(slot, true_labels, rng, ("A", "B"), True)
         return Example(kind, tpl.render(question=p.question, a=a, b=b), pairwise_trace(p, a, b, shown), slot)
     if kind == "reflection":
         wrong = str(near_miss(answer, rng))
