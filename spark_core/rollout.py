@@ -227,8 +227,10 @@ class HFEngine:
         out_tokens = torch.full((B, spec.max_new_tokens), pad, device=self.device)  # (B, L)
         out_logps = torch.zeros((B, spec.max_new_tokens), device=self.device)  # (B, L)
         lengths = torch.zeros(B, dtype=torch.long, device=self.device)  # (B,)
-        alive = torch.ones(B, dtype=torch.bool, device=self.device)  # (B,)
         stopped = torch.zeros(B, dtype=torch.bool, device=self.device)  # (B,)
+        # The batch shrinks as rows finish: `live` maps the rows still decoding (A of them) to
+        # their place in the output. Finished rows would otherwise be decoded to the longest.
+        live = torch.arange(B, device=self.device)  # (A,)
         past = None
         step_ids, step_pos = ids, positions
         for t in range(spec.max_new_tokens):
@@ -237,19 +239,21 @@ class HFEngine:
                 use_cache=True, logits_to_keep=1, **{_CACHE_ARG: past},
             )
             past = getattr(out, _CACHE_ARG)
-            tok, lp = sample_next(out.logits[:, -1, :], spec.temperature, spec.top_p, gen)  # (B,), (B,)
-            tok = torch.where(alive, tok, torch.full_like(tok, pad))
-            out_tokens[:, t] = tok
-            out_logps[:, t] = torch.where(alive, lp, torch.zeros_like(lp))
-            lengths += alive.long()
-            hit = alive & torch.isin(tok, eos)
-            stopped |= hit
-            alive &= ~hit
-            if not alive.any():
+            tok, lp = sample_next(out.logits[:, -1, :], spec.temperature, spec.top_p, gen)  # (A,), (A,)
+            out_tokens[live, t] = tok
+            out_logps[live, t] = lp
+            lengths[live] += 1
+            hit = torch.isin(tok, eos)  # (A,)
+            stopped[live[hit]] = True
+            if hit.all():
                 break
-            step_ids = tok[:, None]  # (B, 1)
-            step_pos = step_pos[:, -1:] + 1  # (B, 1)
-            mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=self.device)], dim=1)
+            step_ids = tok[:, None]  # (A, 1)
+            step_pos = step_pos[:, -1:] + 1  # (A, 1)
+            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=self.device)], dim=1)
+            if hit.any():
+                keep = (~hit).nonzero().squeeze(-1)  # (A',)
+                past.batch_select_indices(keep)
+                live, step_ids, step_pos, mask = live[keep], step_ids[keep], step_pos[keep], mask[keep]
         toks, lps = out_tokens.tolist(), out_logps.tolist()
         lens, stop = lengths.tolist(), stopped.tolist()
         return [toks[r][: lens[r]] for r in range(B)], [lps[r][: lens[r]] for r in range(B)], stop
