@@ -341,5 +341,30 @@ def experiment(
         _fail(str(e))
 
 
+@app.command()
+def bench(
+    iterations: int = typer.Option(3, help="Timed iterations through the flow (after one warm-up run)."),
+    larger: bool = typer.Option(False, "--larger", help="Also the larger tiny-architecture model (random weights; about 6 min)."),
+    trl: bool = typer.Option(True, "--trl/--no-trl", help="Also the side-by-side with TRL's GRPOTrainer (needs the bench extra)."),
+    batches: int = typer.Option(8, help="TRL comparison: batches of 32 prompts x 8 samples."),
+    out: Path = typer.Option(Path("docs/bench"), "--out", help="Folder for pipeline.parquet and trl.json."),
+) -> None:
+    """Throughput, stage times, peak memory, orchestration overhead, and the ratio to TRL, in one run."""
+    import importlib.util
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, str(root / "benchmarks" / "bench_pipeline.py"), "--iterations", str(iterations),
+           "--out", str(out / "pipeline.parquet")] + ([] if larger else ["--skip-larger"])
+    code = subprocess.call(cmd)
+    if trl:
+        if importlib.util.find_spec("trl") is None:
+            _fail("the TRL comparison needs the bench extra: .venv/bin/pip install -e '.[bench]' (or pass --no-trl)")
+        code |= subprocess.call([sys.executable, str(root / "benchmarks" / "bench_trl.py"), "--batches", str(batches),
+                                 "--out", str(out / "trl.json")])
+    raise typer.Exit(code)
+
+
 if __name__ == "__main__":
     app()

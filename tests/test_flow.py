@@ -95,7 +95,11 @@ def test_second_run_on_a_locked_run_refuses(prefect_api, small_config, tmp_path)
 
 
 def _flow_process(config: Path, run_dir: Path, data: Path, api: str, fault: str | None) -> subprocess.CompletedProcess:
-    env = os.environ | {"PREFECT_API_URL": api, "OMP_NUM_THREADS": "1"}
+    # The same torch thread count as the in-process reference run: float reductions (and so the
+    # `updates` table) are bit-identical only with the same threading.
+    import torch
+
+    env = os.environ | {"PREFECT_API_URL": api, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     env.pop("SPARK_FAULT_STAGE", None)
     if fault:
         env["SPARK_FAULT_STAGE"] = fault
