@@ -6,7 +6,8 @@ last `\\boxed{`: what precedes becomes context (no loss) and only the verdict an
 are trained; reflection samples train whole. Reward periods only (no policy update), judge
 data recycled with label balance from the model's own answers, as the `grpo_reward` arm but
 from the current model. Prints held-out judge accuracy, AUROC, verdict shares and mean
-P(`Yes`) by trace type every 2 iterations, for `--mode verdict` and `--mode full` (control).
+P(`Yes`) by trace type every 2 iterations, for `--modes verdict full centered`: verdict tokens
+only, whole responses (control), whole responses with the advantage centred per verdict.
 
 Byte-level tokenizer only (the tiny model): token offsets are byte offsets.
 Run: `.venv/bin/python benchmarks/verdict_only_probe.py --checkpoint /tmp/weak-judge-70 --iterations 8`
@@ -96,6 +97,18 @@ def main() -> None:
             jt = judge_tasks(select_batch(made.rows, 32, True))
             jgroups = engine.generate([t.prompt for t in jt], SamplingSpec(8, 1.0, 1.0, 96, seed=2 * k + 1))
             jrows, _, _ = score(jt, jgroups, "reward")
+            if mode == "centered":
+                # Remove the verdict's main effect: within the batch, the advantages of all samples
+                # that gave the same verdict (on the same kind) sum to zero, so the update cannot
+                # move the verdict's prior, only its dependence on the trace.
+                by = defaultdict(list)
+                for r in jrows:
+                    if r["kind"] != "reflection":
+                        by[(r["kind"], (r["extracted"] or "").strip().casefold())].append(r)
+                for rs in by.values():
+                    mean = sum(r["advantage"] for r in rs) / len(rs)
+                    for r in rs:
+                        r["advantage"] -= mean
             batch = []
             for s, r in zip((s for g in jgroups for s in g), jrows):
                 if not s.token_ids:
