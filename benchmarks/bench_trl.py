@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import shutil
 import sys
 import tempfile
@@ -37,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 from spark_core.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import SparkConfig, load_config  # noqa: E402
 from spark_core.evaluate import policy_metrics  # noqa: E402
+from spark_core.iteration import policy_problems  # noqa: E402
 from spark_core.periods import run_period, solve_tasks  # noqa: E402
 from spark_core.problems import generate_problems  # noqa: E402
 from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
@@ -46,7 +46,7 @@ from spark_core.verify import verify_response  # noqa: E402
 
 def prompt_batches(cfg: SparkConfig, train, batches: int):
     """The problems the pipeline's rollout stage draws for iterations 0..batches-1."""
-    return [random.Random(f"{cfg.seed}|iteration|{k}").sample(train, cfg.rollout.batch_prompts) for k in range(batches)]
+    return [policy_problems(cfg, train, k) for k in range(batches)]
 
 
 def held_out_accuracy(model, tok, held) -> float:

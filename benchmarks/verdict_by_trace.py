@@ -12,7 +12,7 @@ import sys, math, collections
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
 from spark_core.checkpoint import load_checkpoint
 from spark_core.config import load_config
-from spark_core.evaluate import build_judge_set, sample_groups, greedy, verdict_logodds, verdict_of
+from spark_core.evaluate import build_judge_set, greedy, sample_groups, verdict_logodds
 from spark_core.problems import generate_problems
 from spark_core.rollout import HFEngine
 import torch

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import random
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from spark_core.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
 from spark_core.evaluate import build_judge_set, run_judge_set, sample_groups  # noqa: E402
+from spark_core.iteration import policy_problems  # noqa: E402
 from spark_core.periods import groups_for_recycling, judge_tasks, score, solve_tasks  # noqa: E402
 from spark_core.problems import generate_problems  # noqa: E402
 from spark_core.recycle import recycle, select_batch  # noqa: E402
@@ -90,7 +90,7 @@ def main() -> None:
                       f"reflection {m['reflection_accuracy']:.2f} | P(Yes) {trace_table(rows)}", flush=True)
             if k == a.iterations:
                 break
-            tasks = solve_tasks(random.Random(f"{cfg.seed}|iteration|{k}").sample(train, 32))
+            tasks = solve_tasks(policy_problems(cfg, train, k))
             groups = engine.generate([t.prompt for t in tasks], SamplingSpec(8, 1.0, 1.0, 48, seed=2 * k))
             rows, _, _ = score(tasks, groups, "policy")
             made = recycle(groups_for_recycling(rows, tasks), cfg.seed, balance_labels=True, salt=f"{k}")

@@ -80,7 +80,8 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def _get(url: str, timeout: float = 2.0) -> int:
+def http_status(url: str, timeout: float = 2.0) -> int:
+    """The HTTP status of a GET (0: nothing answered)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status
@@ -115,8 +116,8 @@ def status(data_dir: Path, port: int = DEFAULT_PORT) -> dict:
     return {
         "server": bool(st.get("server_pid")) and _alive(st["server_pid"]),
         "serve": bool(st.get("serve_pid")) and _alive(st["serve_pid"]),
-        "api_healthy": _get(f"{api}/health") == 200,
-        "deployment": _get(f"{api}/deployments/name/spark/iterate") == 200,
+        "api_healthy": http_status(f"{api}/health") == 200,
+        "deployment": http_status(f"{api}/deployments/name/spark/iterate") == 200,
         "api_url": api,
         **{k: st[k] for k in ("server_pid", "serve_pid") if k in st},
     }
@@ -132,7 +133,7 @@ def start(data_dir: Path, port: int = DEFAULT_PORT, timeout: float = 180.0, serv
         print(f"already running: {now['api_url']}")
         return now
     stop(data_dir, quiet=True)  # a half-started set (one process died) is restarted whole
-    if _get(f"http://127.0.0.1:{port}/api/health") != 0:
+    if http_status(f"http://127.0.0.1:{port}/api/health") != 0:
         raise SystemExit(f"port {port} on 127.0.0.1 is taken by another program; stop it or pass --port")
     home = data_dir / "prefect"
     home.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,7 @@ def start(data_dir: Path, port: int = DEFAULT_PORT, timeout: float = 180.0, serv
     state = {"server_pid": server.pid, "port": port, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     _state_path(data_dir).write_text(json.dumps(state))
     api = env["PREFECT_API_URL"]
-    _wait("prefect server", lambda: _get(f"{api}/health") == 200, server, server_log, timeout)
+    _wait("prefect server", lambda: http_status(f"{api}/health") == 200, server, server_log, timeout)
     print(f"prefect server: {api} (UI http://127.0.0.1:{port}), database {home / 'prefect.db'}")
     if not serve:
         return status(data_dir, port)
@@ -156,7 +157,7 @@ def start(data_dir: Path, port: int = DEFAULT_PORT, timeout: float = 180.0, serv
     )
     state["serve_pid"] = serve.pid
     _state_path(data_dir).write_text(json.dumps(state))
-    _wait("deployment spark/iterate", lambda: _get(f"{api}/deployments/name/spark/iterate") == 200, serve, serve_log, timeout)
+    _wait("deployment spark/iterate", lambda: http_status(f"{api}/deployments/name/spark/iterate") == 200, serve, serve_log, timeout)
     print(f"serving spark/iterate (pid {serve.pid}); logs in {home}")
     return status(data_dir, port)
 

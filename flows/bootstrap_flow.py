@@ -13,10 +13,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.spark_flow import DEFAULT_CONFIG, resolve_config
+from flows.spark_flow import DEFAULT_CONFIG
 from spark_core.bootstrap import bootstrap as build
 from spark_core.config import load_config
-from spark_core.iteration import resolve_model_path
+from spark_core.iteration import resolve_path
 
 
 @task(name="build-tiny-model", cache_policy=NO_CACHE)
@@ -28,8 +28,8 @@ def build_model(config: Path, out: Path) -> dict:
 def bootstrap(config: str = DEFAULT_CONFIG, force: bool = False) -> str:
     """Build the config's `model.path` with its `bootstrap:` recipe unless it already exists."""
     logger = get_run_logger()
-    path = resolve_config(config)
-    out = resolve_model_path(load_config(path).model.path)
+    path = resolve_path(config)
+    out = resolve_path(load_config(path).model.path)
     if (out / "config.json").is_file() and not force:
         logger.info("model present at %s; nothing to build", out)
         return str(out)

@@ -18,10 +18,12 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows.spark_flow import resolve_config
 from spark_core.config import SparkConfig, load_config
 from spark_core.experiment import ARMS, arm_iterations, coevolution_plot, run_arm, write_results
-from spark_core.tracking import child_run, default_data_dir, experiment_parent, log_summary, track_iterations
+from spark_core.iteration import resolve_path
+from spark_core.tracking import (
+    EXPERIMENT_ARMS, child_run, default_data_dir, experiment_parent, log_summary, track_iterations,
+)
 from tasks.stages import retry_transient
 
 PRESETS = {
@@ -38,7 +40,7 @@ def arm_task(cfg: SparkConfig, arm: str, seed: int, n: int, root: Path, data_dir
         log_summary(child_run(parent, run_dir, data_dir), row, data_dir)
     else:
         run_id = track_iterations(arm_cfg, run_dir, range(arm_iterations(arm, n)), data_dir,
-                                  experiment="spark-experiment", parent_run_id=parent)
+                                  experiment=EXPERIMENT_ARMS, parent_run_id=parent)
         log_summary(run_id, {f"final/{k}": v for k, v in row.items()}, data_dir)
     return row
 
@@ -56,7 +58,7 @@ def experiment(name: str = "default", config: str = "configs/tiny.yaml", preset:
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ValueError(f"unknown arm(s) {sorted(unknown)}; arms: {', '.join(ARMS)}")
-    base = load_config(resolve_config(config))
+    base = load_config(resolve_path(config))
     data = base.resolved()
     data["eval"] |= p["eval"]
     cfg = SparkConfig.model_validate(data)

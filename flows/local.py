@@ -9,21 +9,18 @@ works either way; with the server up, the flow run shows in its UI.
 from __future__ import annotations
 
 import logging
-import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
+from deployments.services import http_status
+
 log = logging.getLogger(__name__)
 
 
 def reachable(api_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(api_url.rstrip("/") + "/health", timeout=2) as r:
-            return r.status == 200
-    except OSError:
-        return False
+    return http_status(api_url.rstrip("/") + "/health") == 200
 
 
 @contextmanager

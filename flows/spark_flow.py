@@ -17,9 +17,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from spark_core.config import load_config
-from spark_core.iteration import claim_run, completed_iterations, summary_line
+from spark_core.iteration import claim_run, completed_iterations, resolve_path, summary_line
 from spark_core.runlock import run_lock
-from spark_core.tracking import REPO, default_data_dir, ui_command
+from spark_core.tracking import default_data_dir, ui_command
 from tasks import stages
 
 DEFAULT_CONFIG = "configs/tiny.yaml"
@@ -28,12 +28,6 @@ DEFAULT_CONFIG = "configs/tiny.yaml"
 def resolve_run(run: str, data_dir: Path) -> Path:
     """A bare name is a folder under DATA/runs; anything with a slash is a path."""
     return Path(run).resolve() if "/" in run or run.startswith(".") else data_dir / "runs" / run
-
-
-def resolve_config(config: str) -> Path:
-    """Relative config paths: from the working directory if present there, else the repository."""
-    path = Path(config)
-    return path if path.is_absolute() or path.exists() else REPO / path
 
 
 @flow(name="spark", log_prints=True)
@@ -48,7 +42,7 @@ def spark(run: str = "tiny", config: str = DEFAULT_CONFIG, iterations: int | Non
     logger = get_run_logger()
     data = Path(data_dir).resolve() if data_dir else default_data_dir()
     run_dir = resolve_run(run, data)
-    cfg = load_config(resolve_config(config))
+    cfg = load_config(resolve_path(config))
     n = iterations or cfg.iterations
     with run_lock(run_dir):
         claim_run(cfg, run_dir)

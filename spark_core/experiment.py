@@ -66,16 +66,15 @@ def _steps_through(run_dir: Path, k: int) -> int:
 
 
 def _pick(m: dict) -> dict:
-    return {"policy_accuracy": m.get("policy_accuracy"), "judge_accuracy": m.get("judge_accuracy"),
-            "judge_auroc": m.get("judge_auroc"), "tts_accuracy": m.get("tts_reflect_accuracy"),
-            "reflection_accuracy": m.get("reflection_accuracy"), "verdict_share_yes": m.get("verdict_share_yes"),
-            "verdict_share_a_pairwise": m.get("verdict_share_a_pairwise")}
+    """The result columns (METRICS) from evaluation metrics; `tts_accuracy` is self-reflection's."""
+    return {k: m.get("tts_reflect_accuracy" if k == "tts_accuracy" else k) for k in METRICS}
 
 
 def run_base(cfg: SparkConfig, run_dir: Path) -> dict:
     """Evaluate the base model on the run's held-out data (once; kept in a manifest)."""
-    from spark_core.iteration import _held_out, base_model, eval_hash, evaluate_checkpoint, judge_set_stage
-    from spark_core.rollout import make_engine
+    from spark_core.iteration import (
+        base_model, eval_hash, evaluate_checkpoint, judge_set_stage, open_engine, problems_of,
+    )
     from spark_core.stages import prepare_problems
 
     prepare_problems(cfg, run_dir)
@@ -84,12 +83,8 @@ def run_base(cfg: SparkConfig, run_dir: Path) -> dict:
         return doc["metrics"]
     start = time.monotonic()
     items = judge_set_stage(cfg, run_dir)
-    r = cfg.rollout
-    engine = make_engine(r.engine, base_model(cfg), device=r.device, dtype=r.dtype, seed=cfg.seed)
-    try:
-        metrics, _ = evaluate_checkpoint(cfg, engine, _held_out(run_dir), items)
-    finally:
-        engine.close()
+    with open_engine(cfg, base_model(cfg), cfg.seed) as engine:
+        metrics, _ = evaluate_checkpoint(cfg, engine, problems_of(run_dir, "held_out"), items)
     write_manifest(run_dir, "base_eval", None, eval_hash(cfg), outputs={}, rows={}, seconds=time.monotonic() - start,
                    extra={"metrics": metrics})
     return metrics

@@ -27,6 +27,7 @@ The Prefect tasks in tasks/ call these functions one to one; nothing here import
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -34,9 +35,10 @@ import shutil
 import signal
 import time
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -50,10 +52,11 @@ from spark_core.evaluate import (
 from spark_core.periods import Task, groups_for_recycling, judge_tasks, period_metrics, score, solve_tasks, training_batch
 from spark_core.problems import Problem
 from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_cache
-from spark_core.rollout import Sample, SamplingSpec, make_engine
+from spark_core.records import InputError
+from spark_core.rollout import Sample, SamplingSpec, make_engine, pick_device
 from spark_core.store import (
-    atomic_write_parquet, clean_staging, part_path, read_manifest, read_table, stage_complete, staging_dir,
-    write_manifest, write_table,
+    atomic_write_bytes, atomic_write_parquet, clean_staging, part_path, read_manifest, read_table, stage_complete,
+    staging_dir, write_manifest, write_table,
 )
 from spark_core.trainer import Trainer, settings_from_config
 
@@ -99,8 +102,8 @@ def eval_hash(cfg: SparkConfig) -> str:
     return config_hash([iteration_hash(cfg), cfg.eval.model_dump(mode="json")])
 
 
-def resolve_model_path(path: str | Path) -> Path:
-    """A relative model path is taken from the working directory, else from the repository root."""
+def resolve_path(path: str | Path) -> Path:
+    """A relative path (model, config) is taken from the working directory, else from the repository root."""
     path = Path(path)
     if path.is_absolute() or path.exists():
         return path
@@ -108,7 +111,7 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 def base_model(cfg: SparkConfig) -> Path:
-    return resolve_model_path(cfg.model.path)
+    return resolve_path(cfg.model.path)
 
 
 def completed_iterations(run_dir: Path, cfg: SparkConfig) -> int:
@@ -117,6 +120,29 @@ def completed_iterations(run_dir: Path, cfg: SparkConfig) -> int:
     while stage_complete(run_dir, DONE, k, iteration_hash(cfg)):
         k += 1
     return k
+
+
+def problems_of(run_dir: Path, split: str) -> list[Problem]:
+    """The run's `problems` table rows of one split (`train` | `held_out`) as Problems."""
+    return [Problem(p["id"], p["question"], p["answer"], p["solution"], p["source"])
+            for p in read_table(run_dir, "problems").to_pylist() if p["split"] == split]
+
+
+def policy_problems(cfg: SparkConfig, train: list[Problem], k: int) -> list[Problem]:
+    """The B training problems of iteration k's policy period: a draw seeded by (seed, k), so every
+    arm of an experiment (and a resumed run) sees the same problems in the same order."""
+    return random.Random(f"{cfg.seed}|iteration|{k}").sample(train, min(cfg.rollout.batch_prompts, len(train)))
+
+
+@contextmanager
+def open_engine(cfg: SparkConfig, checkpoint: Path, seed: int) -> Iterator:
+    """The configured rollout engine on a checkpoint, closed (GPU memory freed) on the way out."""
+    r = cfg.rollout
+    engine = make_engine(r.engine, checkpoint, device=r.device, dtype=r.dtype, seed=seed)
+    try:
+        yield engine
+    finally:
+        engine.close()
 
 
 def _start_model(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> Path:
@@ -201,12 +227,10 @@ def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     def body() -> dict:
         r = cfg.rollout
         if phase == "policy":
-            problems = [Problem(p["id"], p["question"], p["answer"], p["solution"], p["source"])
-                        for p in read_table(run_dir, "problems").to_pylist() if p["split"] == "train"]
+            problems = problems_of(run_dir, "train")
             if not problems:
                 raise ValueError(f"{run_dir}: the problems table has no training problems; run `spark prepare` first")
-            rng = random.Random(f"{cfg.seed}|iteration|{k}")
-            tasks = solve_tasks(rng.sample(problems, min(r.batch_prompts, len(problems))))
+            tasks = solve_tasks(policy_problems(cfg, problems, k))
             spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k)
         else:
             tasks = judge_tasks(consumed_batch(run_dir, k))
@@ -216,11 +240,8 @@ def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         groups: list[list[Sample]] = []
         start = time.monotonic()
         if tasks:
-            engine = make_engine(r.engine, source, device=r.device, dtype=r.dtype, seed=spec.seed)
-            try:
+            with open_engine(cfg, source, spec.seed) as engine:
                 groups = engine.generate([t.prompt for t in tasks], spec)
-            finally:
-                engine.close()
         seconds = time.monotonic() - start
         tokens = sum(len(s.token_ids) for g in groups for s in g)
         out = samples_path(run_dir, k, phase)
@@ -265,9 +286,8 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         ref, _ = load_checkpoint(base_model(cfg))  # the KL anchor is the base model throughout the run
         r, sp = cfg.rollout, cfg.spark
         steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
-        device = "cuda" if r.device == "auto" and torch.cuda.is_available() else ("cpu" if r.device == "auto" else r.device)
         trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
-                          tok.pad_token_id, torch.device(device))
+                          tok.pad_token_id, pick_device(r.device))
         if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
             trainer.load_state(source)
         overrides, lr_scale = {}, 1.0
@@ -283,7 +303,7 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         if phase == "reward" and mode == "static_mix":
             # One period on the policy rollouts and the judge rollouts together, at the policy's
             # settings: the static mix of the ablation.
-            ptasks, pgroups = read_samples(samples_path(run_dir, k, "policy"))
+            _, pgroups = read_samples(samples_path(run_dir, k, "policy"))
             prows = pq.read_table(part_path(run_dir, "rollouts", k, "policy")).to_pylist()
             batch = training_batch(pgroups, prows) + batch
             overrides, lr_scale = {}, 1.0
@@ -323,11 +343,8 @@ def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
             # Judge data from the frozen base model's answers to the same problems.
             r = cfg.rollout
             spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k + 7)
-            engine = make_engine(r.engine, base_model(cfg), device=r.device, dtype=r.dtype, seed=spec.seed)
-            try:
+            with open_engine(cfg, base_model(cfg), spec.seed) as engine:
                 groups = engine.generate([t.prompt for t in tasks], spec)
-            finally:
-                engine.close()
             rows = score(tasks, groups, "base", cfg.train.advantage)[0]
         source = [] if sp.mode == "policy_only" else groups_for_recycling(rows, tasks)
         made = recycle(source, cfg.seed, sp.template_set, sp.judge_input,
@@ -342,11 +359,6 @@ def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     return _run_stage(cfg, run_dir, "recycle", k, iteration_hash(cfg), body)
 
 
-def _held_out(run_dir: Path) -> list[Problem]:
-    return [Problem(p["id"], p["question"], p["answer"], p["solution"], p["source"])
-            for p in read_table(run_dir, "problems").to_pylist() if p["split"] == "held_out"]
-
-
 def judge_set_path(run_dir: Path) -> Path:
     return Path(run_dir) / "eval" / "judge_set.parquet"
 
@@ -359,15 +371,11 @@ def judge_set_stage(cfg: SparkConfig, run_dir: Path) -> list[JudgeItem]:
     path = judge_set_path(run_dir)
     if not stage_complete(run_dir, "judge_set", None, key):
         start = time.monotonic()
-        problems = _held_out(run_dir)[: cfg.eval.judge_problems]
-        r = cfg.rollout
+        problems = problems_of(run_dir, "held_out")[: cfg.eval.judge_problems]
         items: list[JudgeItem] = []
         if problems:
-            engine = make_engine(r.engine, base_model(cfg), device=r.device, dtype=r.dtype, seed=cfg.seed)
-            try:
-                groups = sample_groups(engine, problems, cfg.eval.judge_samples, r.max_new_tokens, cfg.seed + 17)
-            finally:
-                engine.close()
+            with open_engine(cfg, base_model(cfg), cfg.seed) as engine:
+                groups = sample_groups(engine, problems, cfg.eval.judge_samples, cfg.rollout.max_new_tokens, cfg.seed + 17)
             items = build_judge_set(groups, cfg.seed, cfg.spark.template_set, cfg.spark.judge_input)
         table = pa.Table.from_pylist([asdict(it) for it in items], schema=_JUDGE_ITEM_SCHEMA)
         atomic_write_parquet(table, path, staging_dir(run_dir))
@@ -409,13 +417,10 @@ def evaluate_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
     def body() -> dict:
         items = judge_set_stage(cfg, run_dir)
         source = checkpoint_dir(run_dir, k)
-        r = cfg.rollout
-        engine = make_engine(r.engine, source, device=r.device, dtype=r.dtype, seed=cfg.seed)
-        try:
-            metrics, judged = evaluate_checkpoint(cfg, engine, _held_out(run_dir), items)
-        finally:
-            engine.close()
-        n = min(cfg.eval.problems, len(_held_out(run_dir)))
+        held = problems_of(run_dir, "held_out")
+        with open_engine(cfg, source, cfg.seed) as engine:
+            metrics, judged = evaluate_checkpoint(cfg, engine, held, items)
+        n = min(cfg.eval.problems, len(held))
         path = write_table(run_dir, "evals", rows_for_evals(metrics, "held_out", n), iteration=k, part="evaluate")
         side = run_dir / "eval" / f"iteration={k}" / "judge.parquet"
         if judged:
@@ -432,20 +437,17 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     run_dir = Path(run_dir)
     key = iteration_hash(cfg)
     if not stage_complete(run_dir, DONE, k, key):
-        metrics, seconds = {}, {}
-        for stage in STAGES:
-            doc = read_manifest(run_dir, stage, k)
-            if doc is None:
-                if stage == "evaluate":
-                    continue
-                raise RuntimeError(f"iteration {k}: stage {stage} has not completed")
-            seconds[stage] = doc["seconds"]
-            metrics |= {f"{METRIC_PREFIX[stage]}{m}": v for m, v in doc.get("metrics", {}).items()}
+        docs = {stage: read_manifest(run_dir, stage, k) for stage in STAGES}
+        missing = [s for s, doc in docs.items() if doc is None and s != "evaluate"]
+        if missing:
+            raise RuntimeError(f"iteration {k}: stage {missing[0]} has not completed")
+        docs = {s: doc for s, doc in docs.items() if doc is not None}
+        seconds = {s: doc["seconds"] for s, doc in docs.items()}
+        metrics = {f"{METRIC_PREFIX[s]}{m}": v for s, doc in docs.items() for m, v in doc.get("metrics", {}).items()}
         # The checkpoint is not listed as an output: the retention rule removes old ones, and an
         # iteration stays complete after its checkpoint is gone.
         write_manifest(run_dir, DONE, k, key, outputs={}, inputs={"checkpoint": str(checkpoint_dir(run_dir, k))},
-                       rows={s: sum(v for v in (read_manifest(run_dir, s, k) or {}).get("rows", {}).values())
-                             for s in STAGES if read_manifest(run_dir, s, k)},
+                       rows={s: sum(doc.get("rows", {}).values()) for s, doc in docs.items()},
                        seconds=sum(seconds.values()), extra={"metrics": metrics, "stage_seconds": seconds})
     _fault("finish")
     for old in range(k, -1, -1):  # a killed earlier close may have left some behind
@@ -489,11 +491,6 @@ def claim_run(cfg: SparkConfig, run_dir: Path) -> None:
     old one. Changing only what `iteration_hash` leaves out (evaluation, iterations per flow
     run, the bootstrap recipe) is allowed.
     """
-    import json
-
-    from spark_core.records import InputError
-    from spark_core.store import atomic_write_bytes
-
     run_dir = Path(run_dir)
     path = run_dir / "run.json"
     key = iteration_hash(cfg)

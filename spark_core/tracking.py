@@ -23,6 +23,7 @@ from spark_core.store import atomic_write_bytes, read_manifest
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "spark"
+EXPERIMENT_ARMS = "spark-experiment"  # where `spark experiment` nests its arms
 MARKER = "iteration"  # logged with each iteration's batch; its history says which are done
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,11 +70,11 @@ def _client(data_dir: Path):
     return MlflowClient(tracking_uri=tracking_uri(data_dir))
 
 
-def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path, experiment: str = EXPERIMENT,
-            parent_run_id: str | None = None) -> str:
-    """The MLflow run of this SPARK run: resumed when recorded, created (with the config as params)
-    otherwise; nested under `parent_run_id` when given (the experiment's arms)."""
-    record = run_dir / "mlflow.json"
+def _recorded_run(client, folder: Path, data_dir: Path, experiment: str, run_name: str, tags: dict[str, str],
+                  params: dict[str, str]) -> str:
+    """The MLflow run recorded in FOLDER/mlflow.json: resumed when it is in this store, created
+    otherwise (with `tags` and `params`, then recorded)."""
+    record = Path(folder) / "mlflow.json"
     if record.is_file():
         doc = json.loads(record.read_text())
         if doc.get("tracking_uri") == tracking_uri(data_dir):
@@ -81,15 +82,22 @@ def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path, experiment:
                 return client.get_run(doc["run_id"]).info.run_id
             except Exception:  # the store was deleted or replaced: start a new MLflow run
                 log.warning("MLflow run %s not found in %s; creating a new one", doc["run_id"], tracking_uri(data_dir))
-    tags = {"spark.run_dir": str(run_dir.resolve())} | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
-    run = client.create_run(experiment_id(client, experiment, data_dir), run_name=run_dir.name, tags=tags)
+    run = client.create_run(experiment_id(client, experiment, data_dir), run_name=run_name, tags=tags)
     from mlflow.entities import Param
 
-    params = [Param(k, v[:6000]) for k, v in sorted(_flatten(cfg.resolved()).items())]
-    for i in range(0, len(params), 100):
-        client.log_batch(run.info.run_id, params=params[i : i + 100])
-    atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode(), run_dir)
+    batch = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(batch), 100):
+        client.log_batch(run.info.run_id, params=batch[i : i + 100])
+    atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode())
     return run.info.run_id
+
+
+def _run_id(client, cfg: SparkConfig, run_dir: Path, data_dir: Path, experiment: str = EXPERIMENT,
+            parent_run_id: str | None = None) -> str:
+    """The MLflow run of this SPARK run, with the config as params; nested under `parent_run_id`
+    when given (the experiment's arms)."""
+    tags = {"spark.run_dir": str(run_dir.resolve())} | ({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})
+    return _recorded_run(client, run_dir, data_dir, experiment, run_dir.name, tags, _flatten(cfg.resolved()))
 
 
 def experiment_id(client, name: str, data_dir: Path) -> str:
@@ -185,22 +193,8 @@ def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir
 def experiment_parent(root: Path, name: str, data_dir: str | Path, params: dict) -> str:
     """The parent MLflow run of an experiment (resumed from ROOT/mlflow.json when recorded)."""
     root, data_dir = Path(root), Path(data_dir)
-    client = _client(data_dir)
-    record = root / "mlflow.json"
-    if record.is_file():
-        doc = json.loads(record.read_text())
-        try:
-            if doc.get("tracking_uri") == tracking_uri(data_dir):
-                return client.get_run(doc["run_id"]).info.run_id
-        except Exception:
-            log.warning("experiment MLflow run %s not found; creating a new one", doc.get("run_id"))
-    run = client.create_run(experiment_id(client, "spark-experiment", data_dir), run_name=name,
-                            tags={"spark.experiment_dir": str(root.resolve())})
-    from mlflow.entities import Param
-
-    client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
-    atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode())
-    return run.info.run_id
+    return _recorded_run(_client(data_dir), root, data_dir, EXPERIMENT_ARMS, name,
+                         {"spark.experiment_dir": str(root.resolve())}, params)
 
 
 def log_summary(run_id: str, metrics: dict, data_dir: str | Path, artifacts: list[Path] = ()) -> None:
@@ -219,11 +213,6 @@ def log_summary(run_id: str, metrics: dict, data_dir: str | Path, artifacts: lis
 
 def child_run(parent_run_id: str, run_dir: Path, data_dir: str | Path) -> str:
     """A nested MLflow run with no iterations (the experiment's `base` arm)."""
-    client = _client(Path(data_dir))
-    record = Path(run_dir) / "mlflow.json"
-    if record.is_file():
-        return json.loads(record.read_text())["run_id"]
-    run = client.create_run(experiment_id(client, "spark-experiment", Path(data_dir)), run_name=Path(run_dir).name,
-                            tags={"mlflow.parentRunId": parent_run_id, "spark.run_dir": str(Path(run_dir).resolve())})
-    atomic_write_bytes(record, json.dumps({"run_id": run.info.run_id, "tracking_uri": tracking_uri(data_dir)}).encode())
-    return run.info.run_id
+    run_dir, data_dir = Path(run_dir), Path(data_dir)
+    tags = {"mlflow.parentRunId": parent_run_id, "spark.run_dir": str(run_dir.resolve())}
+    return _recorded_run(_client(data_dir), run_dir, data_dir, EXPERIMENT_ARMS, run_dir.name, tags, {})
