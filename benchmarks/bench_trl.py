@@ -15,7 +15,7 @@ pipeline (`spark.mode: policy_only` through `run_iteration`: every stage reads a
 files and reloads the checkpoint, which is what restartability costs).
 
 Needs the `bench` extra (`pip install -e .[bench]`: trl, accelerate).
-Run: `.venv/bin/python benchmarks/bench_trl.py [--batches 8] [--threads 2]`
+Run: `.venv/bin/python benchmarks/bench_trl.py [--batches 8] [--threads 2] [--seeds 0 1 2]`
 """
 
 from __future__ import annotations
@@ -71,12 +71,12 @@ def run_ours(cfg, batches, held):
             "held_out_accuracy": held_out_accuracy(model, tok, held)}
 
 
-def run_pipeline(cfg_path: Path, n: int, held):
+def run_pipeline(cfg: SparkConfig, n: int, held):
     from spark_core.iteration import checkpoint_dir, run_iteration
     from spark_core.stages import prepare_problems
 
     run = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
-    data = load_config(cfg_path).resolved()
+    data = cfg.resolved()
     data["spark"]["mode"] = "policy_only"
     data["eval"]["every"] = 10**6  # no evaluation inside the timed loop
     cfg = SparkConfig.model_validate(data)
@@ -129,32 +129,54 @@ def run_trl(cfg, batches, held):
             "steps": result.global_step, "held_out_accuracy": held_out_accuracy(trainer.model, tok, held)}
 
 
+def one_seed(config: Path, seed: int, batches: int, held_out: int) -> tuple[list[dict], float]:
+    """The three systems on one seed (prompt draw, sampling, TRL's seed): rows and the base accuracy."""
+    data = load_config(config).resolved()
+    data["seed"] = seed
+    cfg = SparkConfig.model_validate(data)
+    train, held = generate_problems(cfg.problems, cfg.seed)
+    held = held[:held_out]
+    prompts = prompt_batches(cfg, train, batches)
+    model, tok = load_checkpoint(ROOT / cfg.model.path)
+    base = held_out_accuracy(model, tok, held)
+    rows = [run_trl(cfg, prompts, held), run_ours(cfg, prompts, held), run_pipeline(cfg, batches, held)]
+    for row in rows:
+        row["seed"] = seed
+    return rows, base
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "tiny.yaml"))
     ap.add_argument("--batches", type=int, default=8, help="batches of 32 prompts x 8 samples (4 steps each)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--held-out", type=int, default=200)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one comparison per seed; the summary averages them")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     cfg = load_config(a.config)
-    train, held = generate_problems(cfg.problems, cfg.seed)
-    held = held[: a.held_out]
-    batches = prompt_batches(cfg, train, a.batches)
-    model, tok = load_checkpoint(ROOT / cfg.model.path)
-    base = held_out_accuracy(model, tok, held)
-    rows = [run_trl(cfg, batches, held), run_ours(cfg, batches, held), run_pipeline(Path(a.config), a.batches, held)]
     seqs = a.batches * cfg.rollout.batch_prompts * cfg.rollout.group_size
-    print(f"{a.batches} batches x {cfg.rollout.batch_prompts} prompts x {cfg.rollout.group_size} samples = {seqs} sequences; "
-          f"{a.threads} threads; base held-out greedy accuracy {base:.3f} ({len(held)} problems)")
-    print(f"{'system':34} {'steps':>5} {'seconds':>8} {'seq/s':>7} {'s/1000 seq':>10} {'held-out acc':>12}")
-    trl_rate = seqs / rows[0]["seconds"]
-    for row in rows:
-        row |= {"sequences": seqs, "seq_per_s": seqs / row["seconds"], "s_per_1000": 1000 * row["seconds"] / seqs,
-                "ratio_vs_trl": seqs / row["seconds"] / trl_rate, "base_accuracy": base, "threads": a.threads}
-        print(f"{row['system']:34} {row['steps']:>5} {row['seconds']:>8.1f} {row['seq_per_s']:>7.1f} "
-              f"{row['s_per_1000']:>10.2f} {row['held_out_accuracy']:>12.3f}   x{row['ratio_vs_trl']:.2f} vs TRL")
+    print(f"{a.batches} batches x {cfg.rollout.batch_prompts} prompts x {cfg.rollout.group_size} samples = {seqs} sequences "
+          f"per seed; {a.threads} threads; held-out greedy accuracy on {a.held_out} problems")
+    print(f"{'seed':>4} {'system':34} {'steps':>5} {'seconds':>8} {'seq/s':>7} {'s/1000 seq':>10} {'held-out acc':>12}")
+    rows = []
+    for seed in a.seeds:
+        seed_rows, base = one_seed(Path(a.config), seed, a.batches, a.held_out)
+        trl_rate = seqs / seed_rows[0]["seconds"]
+        for row in seed_rows:
+            row |= {"sequences": seqs, "seq_per_s": seqs / row["seconds"], "s_per_1000": 1000 * row["seconds"] / seqs,
+                    "ratio_vs_trl": seqs / row["seconds"] / trl_rate, "base_accuracy": base, "threads": a.threads}
+            print(f"{seed:>4} {row['system']:34} {row['steps']:>5} {row['seconds']:>8.1f} {row['seq_per_s']:>7.1f} "
+                  f"{row['s_per_1000']:>10.2f} {row['held_out_accuracy']:>12.3f}   x{row['ratio_vs_trl']:.2f} vs TRL "
+                  f"(base {base:.3f})")
+        rows += seed_rows
+    print(f"mean over {len(a.seeds)} seed(s):")
+    for system in dict.fromkeys(r["system"] for r in rows):
+        mine = [r for r in rows if r["system"] == system]
+        mean = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
+        print(f"     {system:34} seq/s {mean('seq_per_s'):7.1f}  x{mean('ratio_vs_trl'):.2f} vs TRL  "
+              f"held-out acc {mean('held_out_accuracy'):.3f}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps(rows, indent=2) + "\n")

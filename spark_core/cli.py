@@ -347,6 +347,7 @@ def bench(
     larger: bool = typer.Option(False, "--larger", help="Also the larger tiny-architecture model (random weights; about 6 min)."),
     trl: bool = typer.Option(True, "--trl/--no-trl", help="Also the side-by-side with TRL's GRPOTrainer (needs the bench extra)."),
     batches: int = typer.Option(8, help="TRL comparison: batches of 32 prompts x 8 samples."),
+    seeds: int = typer.Option(1, help="TRL comparison: seeds 0..N-1, one comparison each (about 45 s per seed)."),
     out: Path = typer.Option(Path("docs/bench"), "--out", help="Folder for pipeline.parquet and trl.json."),
 ) -> None:
     """Throughput, stage times, peak memory, orchestration overhead, and the ratio to TRL, in one run."""
@@ -362,7 +363,7 @@ def bench(
         if importlib.util.find_spec("trl") is None:
             _fail("the TRL comparison needs the bench extra: .venv/bin/pip install -e '.[bench]' (or pass --no-trl)")
         code |= subprocess.call([sys.executable, str(root / "benchmarks" / "bench_trl.py"), "--batches", str(batches),
-                                 "--out", str(out / "trl.json")])
+                                 "--seeds", *map(str, range(seeds)), "--out", str(out / "trl.json")])
     raise typer.Exit(code)
 
 

@@ -58,7 +58,7 @@ from spark_core.store import (
     atomic_write_bytes, atomic_write_parquet, clean_staging, part_path, read_manifest, read_table, stage_complete,
     staging_dir, write_manifest, write_table,
 )
-from spark_core.trainer import Trainer, settings_from_config
+from spark_core.trainer import TRAINER_STATE, Trainer, settings_from_config
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,15 @@ def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return _run_stage(cfg, run_dir, f"verify_{phase}", k, iteration_hash(cfg), body)
 
 
+def _replace_dir(out: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory beside `out`, then put it in place: a kill leaves the old one or none."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    write(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if not r["skipped"]]
     return sum(vals) / len(vals) if vals else None
@@ -281,6 +290,14 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         source = _start_model(cfg, run_dir, k, phase)
         tasks, groups = read_samples(samples_path(run_dir, k, phase))
         rows = pq.read_table(part_path(run_dir, "rollouts", k, phase)).to_pylist()
+        if not groups and not (phase == "reward" and cfg.spark.mode == "static_mix") and (source / TRAINER_STATE).is_file():
+            # Nothing to train on (the reward phase of policy_only, an empty cache): the weights and
+            # optimizer state pass on unchanged, so copy them instead of loading and saving a model.
+            out = checkpoint_dir(run_dir, k, phase)
+            _replace_dir(out, lambda tmp: shutil.copytree(source, tmp))
+            table = write_table(run_dir, "updates", [], iteration=k, part=phase)
+            return dict(outputs={"updates": table}, rows={"updates": 0, "sequences": 0},
+                        inputs={"checkpoint": str(source)}, checkpoint=str(out), metrics={"steps": 0, "skipped_steps": 0, "tokens_per_s": 0.0})
         torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
         model, tok = load_checkpoint(source)
         ref, _ = load_checkpoint(base_model(cfg))  # the KL anchor is the base model throughout the run
@@ -310,12 +327,12 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
         table = write_table(run_dir, "updates", updates, iteration=k, part=phase)
         out = checkpoint_dir(run_dir, k, phase)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_checkpoint(model.cpu(), tok, tmp)
-        trainer.save_state(tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+
+        def save(tmp: Path) -> None:
+            save_checkpoint(model.cpu(), tok, tmp)
+            trainer.save_state(tmp)
+
+        _replace_dir(out, save)
         metrics = {m: _mean(updates, m) for m in ("loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "grad_norm")}
         metrics["steps"] = len(updates)
         metrics["skipped_steps"] = sum(u["skipped"] for u in updates)

@@ -260,8 +260,8 @@ class HFEngine:
 
     def close(self) -> None:
         self.model = None
-        gc.collect()
-        if self.device.type == "cuda":
+        if self.device.type == "cuda":  # a full collection costs 0.2 s on CPU, where nothing waits for the memory
+            gc.collect()
             torch.cuda.empty_cache()
 
 

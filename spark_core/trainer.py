@@ -30,6 +30,8 @@ from spark_core.grpo import policy_loss, token_entropy, token_logprobs
 
 log = logging.getLogger(__name__)
 
+TRAINER_STATE = "trainer_state.pt"  # optimizer, scheduler and step, beside the weights
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -48,6 +50,7 @@ class TrainSettings:
     entropy_coef: float = 0.0
     temperature: float = 1.0  # the sampling temperature: log-probs are recomputed under it
     max_grad_norm: float = 1.0
+    packing: bool = True  # several sequences per row instead of one padded row each (checked once)
 
 
 @dataclass
@@ -66,6 +69,7 @@ def settings_from_config(train, total_steps: int, temperature: float) -> TrainSe
         lr=train.lr, warmup_steps=train.warmup_steps, total_steps=total_steps, schedule=train.schedule,
         mini_batch_size=train.mini_batch_size, micro_batch_size=train.micro_batch_size, clip_low=train.clip_low,
         clip_high=train.clip_high, beta=train.beta, agg=train.agg, entropy_coef=train.entropy_coef, temperature=temperature,
+        packing=train.packing,
     )
 
 
@@ -96,6 +100,7 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(settings))
         self.step = 0
+        self._packing_ok: bool | None = None
 
     # ----------------------------------------------------------------------- one period
 
@@ -152,41 +157,76 @@ class Trainer:
 
     def _micro_loss(self, micro: Sequence[Sequence_]):
         """Loss and metrics of one micro-batch: token-mean over its response tokens."""
-        width = max(len(x.prompt_ids) + len(x.response_ids) for x in micro)
-        resp_width = max(len(x.response_ids) for x in micro)
-        B = len(micro)
-        ids = torch.full((B, width), self.pad_id, dtype=torch.long)  # (B, W) right-padded
-        attn = torch.zeros((B, width), dtype=torch.long)  # (B, W)
-        resp_index = torch.zeros((B, resp_width), dtype=torch.long)  # (B, R): position predicting each response token
-        tokens = torch.full((B, resp_width), self.pad_id, dtype=torch.long)  # (B, R)
-        mask = torch.zeros((B, resp_width), dtype=torch.bool)  # (B, R)
-        old = torch.zeros((B, resp_width))  # (B, R)
+        B, R = len(micro), max(len(x.response_ids) for x in micro)
+        tokens = torch.full((B, R), self.pad_id, dtype=torch.long)  # (B, R)
+        mask = torch.zeros((B, R), dtype=torch.bool)  # (B, R)
+        old = torch.zeros((B, R))  # (B, R)
         for i, x in enumerate(micro):
-            p, r = len(x.prompt_ids), len(x.response_ids)
-            ids[i, : p + r] = torch.tensor(x.prompt_ids + x.response_ids)
-            attn[i, : p + r] = 1
-            resp_index[i, :r] = torch.arange(p - 1, p - 1 + r)
+            r = len(x.response_ids)
             tokens[i, :r] = torch.tensor(x.response_ids)
             mask[i, :r] = True
             old[i, :r] = torch.tensor(x.old_logprobs, dtype=torch.float32)
         adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32)  # (B,)
-        ids, attn, resp_index, tokens, mask, old, adv = (
-            t.to(self.device) for t in (ids, attn, resp_index, tokens, mask, old, adv)
-        )
-        logits = self.model(input_ids=ids, attention_mask=attn).logits  # (B, W, V)
-        logits = torch.gather(logits, 1, resp_index[..., None].expand(-1, -1, logits.shape[-1]))  # (B, R, V)
+        inputs, where = self._layout(micro, R, packed=self._use_packing())
+        tokens, mask, old, adv, where = (t.to(self.device) for t in (tokens, mask, old, adv, where))
+        logits = _response_logits(self.model, inputs, where)  # (B, R, V)
         logp = token_logprobs(logits, tokens, self.s.temperature)  # (B, R)
         entropy = token_entropy(logits.detach(), self.s.temperature) if self.s.entropy_coef == 0 else token_entropy(logits, self.s.temperature)
         ref_logp = None
         if self.ref is not None and self.s.beta > 0:
             with torch.no_grad():
-                ref_logits = self.ref(input_ids=ids, attention_mask=attn).logits
-                ref_logits = torch.gather(ref_logits, 1, resp_index[..., None].expand(-1, -1, ref_logits.shape[-1]))
-                ref_logp = token_logprobs(ref_logits, tokens, self.s.temperature)  # (B, R)
+                ref_logp = token_logprobs(_response_logits(self.ref, inputs, where), tokens, self.s.temperature)  # (B, R)
         return policy_loss(
             logp, old, adv, mask.float(), clip_low=self.s.clip_low, clip_high=self.s.clip_high,
             ref_logprobs=ref_logp, beta=self.s.beta, agg=self.s.agg, entropy=entropy, entropy_coef=self.s.entropy_coef,
         )
+
+    def _layout(self, micro: Sequence[Sequence_], R: int, packed: bool) -> tuple[dict, torch.Tensor]:
+        """Model inputs for a micro-batch and, per response token, the flat position predicting it.
+
+        Padded: one right-padded row per sequence. Packed: sequences placed first-fit into rows
+        as wide as the longest one, positions restarting at 0 for each, no attention mask, so
+        Hugging Face's mask builder keeps every sequence to itself (it reads the restarts of
+        `position_ids`); the padding (half the work on the tiny model's batches) mostly goes.
+        Returns (kwargs for model(...), where (B, R) long: index into the flattened (rows * W)
+        positions whose logits predict each response token; 0 past a response's end, masked).
+        """
+        lengths = [len(x.prompt_ids) + len(x.response_ids) for x in micro]
+        W = max(lengths)
+        places = pack_rows(lengths, W) if packed else [(i, 0) for i in range(len(micro))]
+        rows = 1 + max(r for r, _ in places)
+        ids = torch.full((rows, W), self.pad_id, dtype=torch.long)  # (rows, W)
+        where = torch.zeros((len(micro), R), dtype=torch.long)  # (B, R)
+        used = [0] * rows
+        for i, (x, (row, off)) in enumerate(zip(micro, places)):
+            p, r = len(x.prompt_ids), len(x.response_ids)
+            ids[row, off : off + p + r] = torch.tensor(x.prompt_ids + x.response_ids)
+            where[i, :r] = row * W + off + p - 1 + torch.arange(r)
+            used[row] = max(used[row], off + p + r)
+        if not packed:
+            attn = (torch.arange(W)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, W)
+            return {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device)}, where
+        pos = torch.zeros((rows, W), dtype=torch.long)  # (rows, W): 0.. per sequence, the tail its own run
+        for i, (row, off) in enumerate(places):
+            pos[row, off : off + lengths[i]] = torch.arange(lengths[i])
+        for row in range(rows):
+            pos[row, used[row]:] = torch.arange(W - used[row])
+        return {"input_ids": ids.to(self.device), "position_ids": pos.to(self.device), "use_cache": False}, where
+
+    def _use_packing(self) -> bool:
+        """Packing if configured and, checked once per model, it gives the padded logits.
+
+        An architecture whose attention does not read sequence boundaries from
+        `position_ids` would let packed sequences see each other: fall back to padding.
+        """
+        if not self.s.packing:
+            return False
+        if self._packing_ok is None:
+            self._packing_ok = packing_matches(self.model, self.pad_id, self.device)
+            if not self._packing_ok:
+                log.warning("%s: packed sequences give other logits than padded ones; training with padding",
+                            type(self.model).__name__)
+        return self._packing_ok
 
     # ----------------------------------------------------------------------- state
 
@@ -195,10 +235,58 @@ class Trainer:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "step": self.step},
-                   path / "trainer_state.pt")
+                   path / TRAINER_STATE)
 
     def load_state(self, path: Path) -> None:
-        state = torch.load(Path(path) / "trainer_state.pt", map_location=self.device, weights_only=False)
+        state = torch.load(Path(path) / TRAINER_STATE, map_location=self.device, weights_only=False)
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step = state["step"]
+
+
+# --------------------------------------------------------------------------- layout helpers
+
+
+def pack_rows(lengths: Sequence[int], width: int) -> list[tuple[int, int]]:
+    """First-fit decreasing: (row, offset) per sequence so that no row exceeds `width`.
+
+    Deterministic (ties by index); every length must be <= width.
+    """
+    if any(n > width for n in lengths):
+        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit rows of {width}")
+    fill: list[int] = []
+    places: list[tuple[int, int]] = [(0, 0)] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        row = next((r for r, used in enumerate(fill) if used + lengths[i] <= width), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        places[i] = (row, fill[row])
+        fill[row] += lengths[i]
+    return places
+
+
+def _response_logits(model, inputs: dict, where: torch.Tensor) -> torch.Tensor:
+    """(B, R, V): the logits at the flat positions `where` (B, R) of model(**inputs)."""
+    logits = model(**inputs).logits  # (rows, W, V)
+    flat = logits.reshape(-1, logits.shape[-1])  # (rows * W, V)
+    return flat[where]  # (B, R, V)
+
+
+def packing_matches(model, pad_id: int, device, atol: float = 1e-4) -> bool:
+    """Whether two packed sequences give the logits they give padded (one short forward each)."""
+    a, b = [5, 6, 7, 8, 9, 10], [11, 12, 13]
+    vocab = model.get_input_embeddings().num_embeddings
+    a, b = [t % vocab for t in a], [t % vocab for t in b]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ids = torch.tensor([a, b + [pad_id] * 3], device=device)
+            attn = torch.tensor([[1] * 6, [1] * 3 + [0] * 3], device=device)
+            padded = model(input_ids=ids, attention_mask=attn).logits  # (2, 6, V)
+            packed = model(input_ids=torch.tensor([a + b], device=device),
+                           position_ids=torch.tensor([list(range(6)) + list(range(3))], device=device),
+                           use_cache=False).logits  # (1, 9, V)
+        return bool(torch.allclose(packed[0, :6], padded[0], atol=atol) and torch.allclose(packed[0, 6:], padded[1, :3], atol=atol))
+    finally:
+        model.train(was)

@@ -119,3 +119,53 @@ def test_policy_periods_raise_mean_reward_on_a_learnable_task(tok):
         last = period(i)
     end = sum(period(100 + i) for i in range(2)) / 2
     assert start < 0.2 and end > start + 0.3, (start, last, end)
+
+
+def test_packed_rows_give_the_padded_loss_and_gradient(tok):
+    """Packing several sequences per row (positions restart, no mask) is the padded computation."""
+    batch = _batch(tok, 12, seed=3) + [Sequence_(list(range(5, 25)), list(range(30, 45)), [-5.0] * 15, 0.7)]  # one long row
+    grads, rows = [], []
+    for packing in (False, True):
+        model = _model(tok)
+        t = Trainer(model, _model(tok, seed=1), TrainSettings(lr=1e-2, mini_batch_size=13, micro_batch_size=13, beta=0.01,
+                                                              packing=packing), tok.pad_token_id, torch.device("cpu"))
+        inputs, _ = t._layout(batch, 15, packed=packing)
+        assert inputs["input_ids"].shape[0] < len(batch) if packing else inputs["input_ids"].shape[0] == len(batch)
+        seen = []
+        t.opt.step = lambda: seen.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        rows.append(t.train_period(batch, "policy")[0])
+        grads.append(seen[0])
+    assert torch.allclose(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+    for key in ("loss", "kl", "entropy", "grad_norm"):
+        assert rows[1][key] == pytest.approx(rows[0][key], rel=1e-4, abs=1e-7)
+
+
+def test_pack_rows_fits_every_sequence_once():
+    from spark_core.trainer import pack_rows
+
+    lengths = [7, 3, 9, 2, 5, 5, 1, 9]
+    places = pack_rows(lengths, 9)
+    cells = set()
+    for n, (row, off) in zip(lengths, places):
+        assert off + n <= 9
+        span = {(row, c) for c in range(off, off + n)}
+        assert not span & cells  # no overlap
+        cells |= span
+    assert 1 + max(r for r, _ in places) == 5  # 41 tokens in rows of 9: first-fit decreasing needs 5
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_rows([10], 9)
+
+
+def test_packing_falls_back_when_the_model_ignores_sequence_boundaries(tok, monkeypatch):
+    import spark_core.trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "packing_matches", lambda *a, **k: False)
+    t = Trainer(_model(tok), None, TrainSettings(mini_batch_size=4, micro_batch_size=4), tok.pad_token_id, torch.device("cpu"))
+    assert t._use_packing() is False
+    assert t.train_period(_batch(tok, 4), "policy")[0]["skipped"] is False
+
+
+def test_the_tiny_llama_reads_sequence_boundaries_from_positions(tok):
+    from spark_core.trainer import packing_matches
+
+    assert packing_matches(_model(tok), tok.pad_token_id, torch.device("cpu"))
