@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--modes", nargs="+", default=["verdict", "full"])
+    ap.add_argument("--beta", type=float, default=0.001, help="k3 KL coefficient to the starting checkpoint")
     a = ap.parse_args()
     torch.set_num_threads(2)
     cfg = load_config(ROOT / "configs" / "tiny.yaml")
@@ -80,7 +81,7 @@ def main() -> None:
         model, tok = load_checkpoint(a.checkpoint)
         ref, _ = load_checkpoint(a.checkpoint)
         engine = HFEngine(model, tok, device="cpu")
-        trainer = Trainer(model, ref, TrainSettings(lr=a.lr, mini_batch_size=64, micro_batch_size=64, beta=0.001),
+        trainer = Trainer(model, ref, TrainSettings(lr=a.lr, mini_batch_size=64, micro_batch_size=64, beta=a.beta),
                           tok.pad_token_id, torch.device("cpu"))
         for k in range(a.iterations + 1):
             if k % 2 == 0:

@@ -1,0 +1,83 @@
+"""How good can a judge that trusts its own check be? The forward re-solve against an inverse check.
+
+A judge that recomputes the answer the way the solver does inherits the solver's systematic
+errors: when a second, independent sample of the same question repeats a wrong answer, the
+judge's recomputation does too and the comparison says "equal". This measures, without any
+training, the ceiling of two checks on the model's *own* answers (T=1, held-out problems):
+
+- forward: sample the question again (G fresh samples) and compare with the candidate;
+- inverse: for `a+b` with candidate c, ask the model to solve `c-b` and compare with `a`; for
+  `a-b`, solve `c+b` (the error in c and the error in the inverse computation are different
+  computations, so they should not coincide; but c can have 3 digits or a sign, which the
+  tiny model never saw as an operand).
+
+Per check: the share of passes on correct candidates (true pass) and on wrong ones (false
+pass), and the balanced accuracy of a judge that follows the check exactly:
+(true pass + 1 - false pass) / 2. Synthetic one-step problems only.
+
+Run: `.venv/bin/python benchmarks/check_ceiling.py [--checkpoint data/tiny-model] [--problems 200]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from spark_core.checkpoint import load_checkpoint  # noqa: E402
+from spark_core.config import load_config  # noqa: E402
+from spark_core.problems import generate_problems  # noqa: E402
+from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
+from spark_core.verify import verify_response  # noqa: E402
+
+ONE_STEP = re.compile(r"(\d+)([+-])(\d+)")
+
+
+def answers(engine, questions: list[str], g: int, seed: int) -> list[list[str | None]]:
+    """G sampled answers per question (extracted; None when none could be read)."""
+    groups = engine.generate(questions, SamplingSpec(g, 1.0, 1.0, 48, seed=seed))
+    return [[verify_response(s.text, "0").extracted for s in grp] for grp in groups]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=str(ROOT / "data" / "tiny-model"))
+    ap.add_argument("--problems", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=4, help="candidates per problem, and re-solves per candidate")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    _, held = generate_problems(cfg.problems, cfg.seed)
+    probs = [p for p in held if ONE_STEP.fullmatch(p.question)][: a.problems]
+    model, tok = load_checkpoint(a.checkpoint)
+    engine = HFEngine(model, tok, device="cpu")
+    cands = answers(engine, [p.question for p in probs], a.samples, seed=1)
+    items = [(p, c) for p, cs in zip(probs, cands) for c in cs if c is not None and re.fullmatch(r"-?\d+", c)]
+    forward = answers(engine, [p.question for p, _ in items], a.samples, seed=2)
+    inverse_q, inverse_target = [], []
+    for p, c in items:
+        x, op, y = ONE_STEP.fullmatch(p.question).groups()
+        inverse_q.append(f"{c}-{y}" if op == "+" else f"{c}+{y}")
+        inverse_target.append(x)
+    inverse = answers(engine, inverse_q, a.samples, seed=3)
+    print(f"{a.checkpoint}: {len(probs)} held-out problems, {len(items)} own candidates "
+          f"({sum(c == p.answer for p, c in items)} correct), {a.samples} checks each")
+    for name, checks, target in (("forward re-solve", forward, [c for _, c in items]),
+                                 ("inverse check", inverse, inverse_target)):
+        passes = {True: [], False: []}
+        for (p, c), got, want in zip(items, checks, target):
+            passes[c == p.answer].extend(g == want for g in got)
+        tp = sum(passes[True]) / max(1, len(passes[True]))
+        fp = sum(passes[False]) / max(1, len(passes[False]))
+        print(f"  {name:17} true pass {tp:.3f}  false pass {fp:.3f}  judge ceiling (balanced) {(tp + 1 - fp) / 2:.3f}")
+
+
+if __name__ == "__main__":
+    main()
