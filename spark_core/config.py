@@ -161,8 +161,9 @@ class TrainConfig(_Section):
     """Sequences per optimizer step."""
     micro_batch_size: int = Field(64, ge=1)
     """Sequences per forward/backward (gradient accumulation); memory stays flat."""
-    packing: bool = True
-    """Pack several sequences into each row of a micro-batch instead of padding each (same loss)."""
+    packing: bool = False
+    """Pack several sequences per row of a micro-batch instead of padding each (same loss up to
+    rounding; pays when response lengths vary a lot, as with real models)."""
     advantage: Literal["grpo", "drgrpo"] = "grpo"
     """Group advantage: GRPO (divide by the n-1 std) or Dr. GRPO (no std division)."""
     clip_low: float = Field(0.2, ge=0)

@@ -91,10 +91,14 @@ def samples_path(run_dir: Path, iteration: int, phase: str) -> Path:
 
 def iteration_hash(cfg: SparkConfig) -> str:
     """What the training stages depend on: the config less the bootstrap recipe, the evaluation
-    settings and the number of iterations per flow run (changing those must not redo training)."""
+    settings, the number of iterations per flow run and `train.packing` (changing those must
+    not redo training)."""
     data = cfg.resolved()
     for key in ("bootstrap", "eval", "iterations"):
         data.pop(key)
+    # Packing lays out the same sequences differently (the loss is equal up to rounding): a
+    # run may switch it on or off, and runs made before the option existed keep their hash.
+    data["train"].pop("packing")
     return config_hash(data)
 
 

@@ -50,7 +50,7 @@ class TrainSettings:
     entropy_coef: float = 0.0
     temperature: float = 1.0  # the sampling temperature: log-probs are recomputed under it
     max_grad_norm: float = 1.0
-    packing: bool = True  # several sequences per row instead of one padded row each (checked once)
+    packing: bool = False  # several sequences per row instead of one padded row each (checked once)
 
 
 @dataclass

@@ -160,7 +160,8 @@ def test_packing_falls_back_when_the_model_ignores_sequence_boundaries(tok, monk
     import spark_core.trainer as trainer_mod
 
     monkeypatch.setattr(trainer_mod, "packing_matches", lambda *a, **k: False)
-    t = Trainer(_model(tok), None, TrainSettings(mini_batch_size=4, micro_batch_size=4), tok.pad_token_id, torch.device("cpu"))
+    t = Trainer(_model(tok), None, TrainSettings(mini_batch_size=4, micro_batch_size=4, packing=True), tok.pad_token_id,
+                torch.device("cpu"))
     assert t._use_packing() is False
     assert t.train_period(_batch(tok, 4), "policy")[0]["skipped"] is False
 
