@@ -45,6 +45,43 @@ def answers(engine, questions: list[str], g: int, seed: int) -> list[list[str | 
     return [[verify_response(s.text, "0").extracted for s in grp] for grp in groups]
 
 
+def ceilings(engine, probs, samples: int) -> dict[str, dict[str, float]]:
+    """Per check: true pass, false pass and the balanced ceiling on the model's own answers."""
+    cands = answers(engine, [p.question for p in probs], samples, seed=1)
+    items = [(p, c) for p, cs in zip(probs, cands) for c in cs if c is not None and re.fullmatch(r"-?\d+", c)]
+    forward = answers(engine, [p.question for p, _ in items], samples, seed=2)
+    inverse_q, inverse_target = [], []
+    for p, c in items:
+        x, op, y = ONE_STEP.fullmatch(p.question).groups()
+        inverse_q.append(f"{c}-{y}" if op == "+" else f"{c}+{y}")
+        inverse_target.append(x)
+    inverse = answers(engine, inverse_q, samples, seed=3)
+    out = {"candidates": {"n": len(items), "correct": sum(c == p.answer for p, c in items)}}
+    for name, checks, target in (("forward", forward, [c for _, c in items]), ("inverse", inverse, inverse_target)):
+        passes = {True: [], False: []}
+        for (p, c), got, want in zip(items, checks, target):
+            passes[c == p.answer].extend(g == want for g in got)
+        tp = sum(passes[True]) / max(1, len(passes[True]))
+        fp = sum(passes[False]) / max(1, len(passes[False]))
+        out[name] = {"true_pass": tp, "false_pass": fp, "ceiling": (tp + 1 - fp) / 2}
+    return out
+
+
+def held_out_one_step(problems: int) -> list:
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    _, held = generate_problems(cfg.problems, cfg.seed)
+    return [p for p in held if ONE_STEP.fullmatch(p.question)][:problems]
+
+
+def print_ceilings(name: str, r: dict) -> None:
+    c = r["candidates"]
+    print(f"{name}: {c['n']} own candidates ({c['correct']} correct)")
+    for check in ("forward", "inverse"):
+        x = r[check]
+        print(f"  {check:8} true pass {x['true_pass']:.3f}  false pass {x['false_pass']:.3f}  "
+              f"judge ceiling (balanced) {x['ceiling']:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=str(ROOT / "data" / "tiny-model"))
@@ -53,30 +90,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    cfg = load_config(ROOT / "configs" / "tiny.yaml")
-    _, held = generate_problems(cfg.problems, cfg.seed)
-    probs = [p for p in held if ONE_STEP.fullmatch(p.question)][: a.problems]
     model, tok = load_checkpoint(a.checkpoint)
     engine = HFEngine(model, tok, device="cpu")
-    cands = answers(engine, [p.question for p in probs], a.samples, seed=1)
-    items = [(p, c) for p, cs in zip(probs, cands) for c in cs if c is not None and re.fullmatch(r"-?\d+", c)]
-    forward = answers(engine, [p.question for p, _ in items], a.samples, seed=2)
-    inverse_q, inverse_target = [], []
-    for p, c in items:
-        x, op, y = ONE_STEP.fullmatch(p.question).groups()
-        inverse_q.append(f"{c}-{y}" if op == "+" else f"{c}+{y}")
-        inverse_target.append(x)
-    inverse = answers(engine, inverse_q, a.samples, seed=3)
-    print(f"{a.checkpoint}: {len(probs)} held-out problems, {len(items)} own candidates "
-          f"({sum(c == p.answer for p, c in items)} correct), {a.samples} checks each")
-    for name, checks, target in (("forward re-solve", forward, [c for _, c in items]),
-                                 ("inverse check", inverse, inverse_target)):
-        passes = {True: [], False: []}
-        for (p, c), got, want in zip(items, checks, target):
-            passes[c == p.answer].extend(g == want for g in got)
-        tp = sum(passes[True]) / max(1, len(passes[True]))
-        fp = sum(passes[False]) / max(1, len(passes[False]))
-        print(f"  {name:17} true pass {tp:.3f}  false pass {fp:.3f}  judge ceiling (balanced) {(tp + 1 - fp) / 2:.3f}")
+    print_ceilings(f"{a.checkpoint}, {a.problems} held-out problems, {a.samples} checks each",
+                   ceilings(engine, held_out_one_step(a.problems), a.samples))
 
 
 if __name__ == "__main__":
