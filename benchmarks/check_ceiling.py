@@ -34,7 +34,7 @@ from spark_core.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
 from spark_core.problems import generate_problems  # noqa: E402
 from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
-from spark_core.verify import verify_response  # noqa: E402
+from spark_core.verify import extract_answer  # noqa: E402
 
 ONE_STEP = re.compile(r"(\d+)([+-])(\d+)")
 
@@ -42,7 +42,7 @@ ONE_STEP = re.compile(r"(\d+)([+-])(\d+)")
 def answers(engine, questions: list[str], g: int, seed: int) -> list[list[str | None]]:
     """G sampled answers per question (extracted; None when none could be read)."""
     groups = engine.generate(questions, SamplingSpec(g, 1.0, 1.0, 48, seed=seed))
-    return [[verify_response(s.text, "0").extracted for s in grp] for grp in groups]
+    return [[extract_answer(s.text).answer for s in grp] for grp in groups]
 
 
 def ceilings(engine, probs, samples: int) -> dict[str, dict[str, float]]:

@@ -280,6 +280,31 @@ def _replace_dir(out: Path, write: Callable[[Path], None]) -> None:
     tmp.rename(out)
 
 
+def _period_batch(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list, float, dict]:
+    """What the `train_<phase>` stage trains on: (sequences, learning-rate scale, loss overrides),
+    after the ablation modes (`spark.mode`) have taken their share."""
+    _, groups = read_samples(samples_path(run_dir, k, phase))
+    rows = pq.read_table(part_path(run_dir, "rollouts", k, phase)).to_pylist()
+    batch = training_batch(groups, rows)
+    sp, mode = cfg.spark, cfg.spark.mode
+    overrides, lr_scale = {}, 1.0
+    if phase == "reward":
+        overrides = {"entropy_coef": sp.reward_entropy_coef, "temperature": sp.reward_temperature}
+        if sp.reward_clip_high is not None:
+            overrides["clip_high"] = sp.reward_clip_high
+        lr_scale = sp.reward_lr_scale
+    if phase == "policy" and mode in ("reward_only", "static_mix"):
+        batch = []  # no policy period of its own (static_mix trains these with the reward data)
+    if phase == "reward" and mode == "static_mix":
+        # One period on the policy rollouts and the judge rollouts together, at the policy's
+        # settings: the static mix of the ablation.
+        _, pgroups = read_samples(samples_path(run_dir, k, "policy"))
+        prows = pq.read_table(part_path(run_dir, "rollouts", k, "policy")).to_pylist()
+        batch = training_batch(pgroups, prows) + batch
+        overrides, lr_scale = {}, 1.0
+    return batch, lr_scale, overrides
+
+
 def _mean(rows: list[dict], key: str) -> float | None:
     vals = [r[key] for r in rows if not r["skipped"]]
     return sum(vals) / len(vals) if vals else None
@@ -292,51 +317,31 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
 
     def body() -> dict:
         source = _start_model(cfg, run_dir, k, phase)
-        tasks, groups = read_samples(samples_path(run_dir, k, phase))
-        rows = pq.read_table(part_path(run_dir, "rollouts", k, phase)).to_pylist()
-        if not groups and not (phase == "reward" and cfg.spark.mode == "static_mix") and (source / TRAINER_STATE).is_file():
+        batch, lr_scale, overrides = _period_batch(cfg, run_dir, k, phase)
+        out = checkpoint_dir(run_dir, k, phase)
+        if not batch and (source / TRAINER_STATE).is_file():
             # Nothing to train on (the reward phase of policy_only, an empty cache): the weights and
             # optimizer state pass on unchanged, so copy them instead of loading and saving a model.
-            out = checkpoint_dir(run_dir, k, phase)
+            updates: list[dict] = []
             _replace_dir(out, lambda tmp: shutil.copytree(source, tmp))
-            table = write_table(run_dir, "updates", [], iteration=k, part=phase)
-            return dict(outputs={"updates": table}, rows={"updates": 0, "sequences": 0},
-                        inputs={"checkpoint": str(source)}, checkpoint=str(out), metrics={"steps": 0, "skipped_steps": 0, "tokens_per_s": 0.0})
-        torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
-        model, tok = load_checkpoint(source)
-        ref, _ = load_checkpoint(base_model(cfg))  # the KL anchor is the base model throughout the run
-        r, sp = cfg.rollout, cfg.spark
-        steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
-        trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
-                          tok.pad_token_id, pick_device(r.device))
-        if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
-            trainer.load_state(source)
-        overrides, lr_scale = {}, 1.0
-        if phase == "reward":
-            overrides = {"entropy_coef": sp.reward_entropy_coef, "temperature": sp.reward_temperature}
-            if sp.reward_clip_high is not None:
-                overrides["clip_high"] = sp.reward_clip_high
-            lr_scale = sp.reward_lr_scale
-        mode = cfg.spark.mode
-        batch = training_batch(groups, rows)
-        if phase == "policy" and mode in ("reward_only", "static_mix"):
-            batch = []  # no policy period of its own (static_mix trains these with the reward data)
-        if phase == "reward" and mode == "static_mix":
-            # One period on the policy rollouts and the judge rollouts together, at the policy's
-            # settings: the static mix of the ablation.
-            _, pgroups = read_samples(samples_path(run_dir, k, "policy"))
-            prows = pq.read_table(part_path(run_dir, "rollouts", k, "policy")).to_pylist()
-            batch = training_batch(pgroups, prows) + batch
-            overrides, lr_scale = {}, 1.0
-        updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
+        else:
+            torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
+            model, tok = load_checkpoint(source)
+            ref, _ = load_checkpoint(base_model(cfg))  # the KL anchor is the base model throughout the run
+            r = cfg.rollout
+            steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
+            trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
+                              tok.pad_token_id, pick_device(r.device))
+            if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
+                trainer.load_state(source)
+            updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
+
+            def save(tmp: Path) -> None:
+                save_checkpoint(model.cpu(), tok, tmp)
+                trainer.save_state(tmp)
+
+            _replace_dir(out, save)
         table = write_table(run_dir, "updates", updates, iteration=k, part=phase)
-        out = checkpoint_dir(run_dir, k, phase)
-
-        def save(tmp: Path) -> None:
-            save_checkpoint(model.cpu(), tok, tmp)
-            trainer.save_state(tmp)
-
-        _replace_dir(out, save)
         metrics = {m: _mean(updates, m) for m in ("loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "grad_norm")}
         metrics["steps"] = len(updates)
         metrics["skipped_steps"] = sum(u["skipped"] for u in updates)

@@ -187,7 +187,7 @@ class Trainer:
         Padded: one right-padded row per sequence. Packed: sequences placed first-fit into rows
         as wide as the longest one, positions restarting at 0 for each, no attention mask, so
         Hugging Face's mask builder keeps every sequence to itself (it reads the restarts of
-        `position_ids`); the padding (half the work on the tiny model's batches) mostly goes.
+        `position_ids`); it saves work when a few long sequences would set the padded width.
         Returns (kwargs for model(...), where (B, R) long: index into the flattened (rows * W)
         positions whose logits predict each response token; 0 past a response's end, masked).
         """
@@ -197,18 +197,18 @@ class Trainer:
         rows = 1 + max(r for r, _ in places)
         ids = torch.full((rows, W), self.pad_id, dtype=torch.long)  # (rows, W)
         where = torch.zeros((len(micro), R), dtype=torch.long)  # (B, R)
-        used = [0] * rows
         for i, (x, (row, off)) in enumerate(zip(micro, places)):
             p, r = len(x.prompt_ids), len(x.response_ids)
             ids[row, off : off + p + r] = torch.tensor(x.prompt_ids + x.response_ids)
             where[i, :r] = row * W + off + p - 1 + torch.arange(r)
-            used[row] = max(used[row], off + p + r)
         if not packed:
             attn = (torch.arange(W)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, W)
             return {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device)}, where
         pos = torch.zeros((rows, W), dtype=torch.long)  # (rows, W): 0.. per sequence, the tail its own run
-        for i, (row, off) in enumerate(places):
-            pos[row, off : off + lengths[i]] = torch.arange(lengths[i])
+        used = [0] * rows
+        for n, (row, off) in zip(lengths, places):
+            pos[row, off : off + n] = torch.arange(n)
+            used[row] = max(used[row], off + n)
         for row in range(rows):
             pos[row, used[row]:] = torch.arange(W - used[row])
         return {"input_ids": ids.to(self.device), "position_ids": pos.to(self.device), "use_cache": False}, where
