@@ -7,7 +7,8 @@ continues the model's supervised training on solve problems of exactly those inv
 (built from training problems: c is the right answer or a near miss, as a judge would see),
 mixed half and half with the original solve problems, then measures both checks again.
 
-Run: `.venv/bin/python benchmarks/teach_inverse.py --steps 300 [--from data/tiny-model] [--out DIR]`
+Run: `.venv/bin/python benchmarks/teach_inverse.py --steps 300 [--from data/tiny-model] [--out DIR]`;
+on a GPU: `--device cuda --steps 12000 --measure-at 1200 3000 6000`.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def main() -> None:
     ap.add_argument("--problems", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="save the checkpoint here")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda: the SFT and the checks run there")
+    ap.add_argument("--measure-at", type=int, nargs="*", default=[],
+                    help="also measure the ceilings after these step counts (each below --steps)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -61,13 +65,23 @@ def main() -> None:
     mixed = one_step + [inverse_problem(p, rng) for p in one_step for _ in range(2)][: len(one_step)]
     held = held_out_one_step(a.problems)
     model, tok = load_checkpoint(a.source)
-    print_ceilings("before", ceilings(HFEngine(model, tok, device="cpu"), held, 4))
+    model.to(a.device)
+    print_ceilings("before", ceilings(HFEngine(model, tok), held, 4))
     s = cfg.bootstrap.model_copy(update={"lr": a.lr, "warmup_steps": 20})
-    start = time.monotonic()
-    train_sft(model, tok, mixed, s, rng, False, stop=lambda step, secs: step >= a.steps, mix=(1.0, 0.0, 0.0, 0.0))
+    start, measuring = time.monotonic(), 0.0
+
+    def stop(step: int, _secs: float) -> bool:
+        nonlocal measuring
+        if step in a.measure_at or step >= a.steps:  # measured inside the one SFT run: Adam keeps its moments
+            t = time.monotonic()
+            print(f"solve SFT {step} steps (half inverse forms), lr {a.lr}, {a.device}: "
+                  f"{t - start - measuring:.0f}s", flush=True)
+            print_ceilings(f"after {step}", ceilings(HFEngine(model, tok), held, 4))
+            measuring += time.monotonic() - t
+        return step >= a.steps
+
+    train_sft(model, tok, mixed, s, rng, False, stop=stop, mix=(1.0, 0.0, 0.0, 0.0))
     model.eval()
-    print(f"solve SFT {a.steps} steps (half inverse forms), lr {a.lr}: {time.monotonic() - start:.0f}s", flush=True)
-    print_ceilings("after", ceilings(HFEngine(model, tok, device="cpu"), held, 4))
     if a.out:
         save_checkpoint(model, tok, Path(a.out))
 

@@ -176,6 +176,7 @@ def train_sft(model, tok, problems: list[Problem], s: BootstrapConfig, rng: rand
     mix = mix or s.mix
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, betas=(0.9, 0.98), weight_decay=0.0)
     model.train()
+    device = next(model.parameters()).device  # CPU here; a GPU when the caller put the model there
     start, step = time.monotonic(), 0
     while True:
         seconds = time.monotonic() - start
@@ -188,6 +189,7 @@ def train_sft(model, tok, problems: list[Problem], s: BootstrapConfig, rng: rand
             g["lr"] = s.lr * scale
         kinds = rng.choices(KINDS, weights=mix, k=s.batch_size)
         ids, labels, mask = _batch(tok, [make_example(k, rng.choice(problems), rng, true_labels) for k in kinds])
+        ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -156,6 +156,8 @@ class HFEngine:
         dtype: str = "auto",
         max_batch_sequences: int = 512,
     ):
+        if device == "auto" and not isinstance(model_or_path, (str, Path)):
+            device = str(next(model_or_path.parameters()).device)  # a model object samples where it lives
         self.device = pick_device(device)
         if isinstance(model_or_path, (str, Path)):
             self.model, self.tokenizer = load_checkpoint(model_or_path, self.device, pick_dtype(dtype, self.device))

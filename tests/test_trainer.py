@@ -33,7 +33,7 @@ def _batch(tok, n=8, seed=0):
 
 
 def _flat(model):
-    return torch.cat([p.detach().flatten() for p in model.parameters()])
+    return torch.cat([p.detach().cpu().flatten() for p in model.parameters()])
 
 
 def test_micro_batches_give_the_same_gradient(tok):
