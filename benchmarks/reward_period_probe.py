@@ -14,11 +14,15 @@ import copy
 import random
 import time
 
-
-from spark_core.bootstrap import judge_metrics, judge_set
+from spark_core.bootstrap import judge_metrics, judge_set, near_miss_rollouts
 from spark_core.checkpoint import load_checkpoint
 from spark_core.config import SparkConfig
-from spark_core.periods import groups_for_recycling, judge_tasks, run_period, solve_tasks
+from spark_core.periods import (
+    groups_for_recycling,
+    judge_tasks,
+    run_period,
+    solve_tasks,
+)
 from spark_core.problems import generate_problems
 from spark_core.recycle import recycle, select_batch
 from spark_core.rollout import HFEngine, SamplingSpec
@@ -33,26 +37,36 @@ def main() -> None:
     ap.add_argument("--periods", type=int, default=15)
     ap.add_argument("--beta", type=float, default=0.001)
     ap.add_argument("--reward-temperature", type=float, default=1.0)
+    ap.add_argument("--cache", choices=("own", "near-miss"), default="own",
+                    help="recycle the model's own answers, or made-up ones: right or a near miss, half and half")
+    ap.add_argument("--every", type=int, default=3, help="measure the held-out judge every this many periods")
+    ap.add_argument("--eval-problems", type=int, default=60, help="held-out judge set: 2 prompts per problem")
+    ap.add_argument("--seed", type=int, default=0, help="problem draws and made-up answers")
     args = ap.parse_args()
     cfg = SparkConfig()
     model, tok = load_checkpoint(args.checkpoint)
     engine = HFEngine(model, tok)
     train, held = generate_problems(cfg.problems, cfg.seed)
-    evalset = judge_set(held[:60], 5)
+    evalset = judge_set(held[: args.eval_problems], 5)
     trainer = Trainer(model, copy.deepcopy(model), TrainSettings(lr=args.lr, mini_batch_size=args.mini_batch,
                                                                  micro_batch_size=64, beta=args.beta), tok.pad_token_id)
-    show = lambda m: {k: round(v, 3) for k, v in m.items() if isinstance(v, float)}  # noqa: E731
+    show = lambda m: {k: round(v, 3) for k, v in m.items() if isinstance(v, float)}
     print("start", show(judge_metrics(engine, evalset)), flush=True)
-    rng, t0 = random.Random(0), time.time()
+    rng, t0 = random.Random(args.seed), time.time()
     for it in range(args.periods):
-        tasks = solve_tasks(rng.sample(train, 32))
-        rows, _, m = run_period(engine, None, tasks, SamplingSpec(group_size=8, max_new_tokens=48, seed=it), "policy")
-        batch = select_batch(recycle(groups_for_recycling(rows, tasks), it, balance_labels=True).rows, 64, True)
+        problems = rng.sample(train, 32)
+        tasks = solve_tasks(problems)
+        if args.cache == "own":
+            rows, _, m = run_period(engine, None, tasks, SamplingSpec(group_size=8, max_new_tokens=48, seed=it), "policy")
+            groups = groups_for_recycling(rows, tasks)
+        else:
+            groups, m = near_miss_rollouts(problems, rng), {"solve_accuracy": float("nan")}
+        batch = select_batch(recycle(groups, it, balance_labels=True).rows, 64, True)
         _, _, rm = run_period(engine, trainer, judge_tasks(batch), SamplingSpec(group_size=8, max_new_tokens=96, temperature=args.reward_temperature, seed=100 + it), "reward")
         print(it, f"{time.time() - t0:.0f}s", "solve", round(m["solve_accuracy"], 3), "reward period", show(rm), flush=True)
-        if it % 3 == 2:
+        if it % args.every == args.every - 1:
             jm = judge_metrics(engine, evalset)
-            print("   held-out judge", round(jm["judge_accuracy"], 3), jm["judge_verdict_shares"], flush=True)
+            print("   held-out judge", show(jm), {k: round(v, 2) for k, v in jm["judge_verdict_shares"].items()}, flush=True)
 
 
 if __name__ == "__main__":

@@ -41,9 +41,15 @@ from pathlib import Path
 
 import torch
 
-from spark_core.checkpoint import build_model, build_tokenizer, chat_prompt, save_checkpoint
+from spark_core.checkpoint import (
+    build_model,
+    build_tokenizer,
+    chat_prompt,
+    save_checkpoint,
+)
 from spark_core.config import BootstrapConfig, SparkConfig
 from spark_core.problems import Problem, generate_problems
+from spark_core.recycle import Rollout
 from spark_core.rollout import HFEngine, SamplingSpec
 from spark_core.templates import pointwise_label, templates
 from spark_core.verify import LABELS, extract_answer, normalize_label, verify_response
@@ -73,6 +79,23 @@ def near_miss(answer: int, rng: random.Random) -> int:
             c = rng.randint(min(0, answer) - 10, max(99, answer + 10))
         if c != answer:
             return c
+
+
+def near_miss_rollouts(problems: list[Problem], rng: random.Random, group_size: int = 8,
+                       p_right: float = 0.5) -> list[list[Rollout]]:
+    """Made-up verified rollout groups in the solver's format: each answer right with
+    probability `p_right`, otherwise a near miss.
+
+    Judge data whose wrong answers are *not* the judge's own: the tiny model's own errors are
+    systematic and its re-solve repeats them, so a self-check of its own answers tops out near
+    0.73 (benchmarks/check_ceiling.py), while against near misses its trace is informative.
+    """
+    groups = []
+    for p in problems:
+        answers = [p.answer if rng.random() < p_right else str(near_miss(int(p.answer), rng)) for _ in range(group_size)]
+        groups.append([Rollout(p.id, p.question, p.answer, i, f"{p.question}={a}. \\boxed{{{a}}}", a, a == p.answer)
+                       for i, a in enumerate(answers)])
+    return groups
 
 
 def compare_digits(result: str, candidate: str) -> str:

@@ -1,4 +1,5 @@
-"""Learning on the shipped tiny model, not a mock: policy periods raise solve reward."""
+"""Learning on the shipped tiny model, not a mock: policy periods raise solve reward, reward
+periods raise judge accuracy."""
 
 import copy
 import random
@@ -6,10 +7,12 @@ from pathlib import Path
 
 import torch
 
+from spark_core.bootstrap import judge_metrics, judge_set, near_miss_rollouts, train_sft
 from spark_core.checkpoint import load_checkpoint
 from spark_core.config import load_config
-from spark_core.periods import run_period, solve_tasks
+from spark_core.periods import judge_tasks, run_period, solve_tasks
 from spark_core.problems import generate_problems
+from spark_core.recycle import recycle, select_batch
 from spark_core.rollout import HFEngine, SamplingSpec
 from spark_core.trainer import Trainer, TrainSettings
 
@@ -39,3 +42,49 @@ def test_policy_periods_raise_mean_reward_on_the_tiny_model():
     # 400 held-out samples: a gain of 0.08 is ~3 binomial standard deviations (measured: 0.49 -> 0.60).
     # At lr 5e-4 the same loop lost reward (0.49 -> 0.40): this tiny model wants a small step.
     assert after > before + 0.08, (before, after)
+
+
+def test_reward_periods_raise_judge_accuracy_from_a_weak_judge():
+    """Reward periods on the tiny model, not a mock: judge accuracy rises, verdicts stay mixed.
+
+    The start is a weak judge (the shipped model's SFT continued 200 steps with verdicts right
+    70% of the time, as `benchmarks/weak_judge.py`): its verdict barely follows its own
+    digit-by-digit comparison. The judge data is recycled by the real rules (balanced labels)
+    from made-up rollout groups whose wrong answers are near misses, because the model's own
+    errors are systematic and its re-solve repeats them (a self-check of its own answers tops
+    out near 0.73, README "The ceiling of a self-check"). Measured on two draw seeds:
+    0.565 -> 0.645 / 0.645 after 6 periods and 0.715 / 0.66 after 9; from a 100-step weak judge,
+    or from the shipped model (no skill), the same periods teach nothing.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the figures above were measured with 2; other counts round differently
+    try:
+        cfg = load_config(ROOT / "configs" / "tiny.yaml")
+        train, held = generate_problems(cfg.problems, cfg.seed)
+        model, tok = load_checkpoint(ROOT / cfg.model.path)
+        torch.manual_seed(0)
+        sft = cfg.bootstrap.model_copy(update={"lr": 5e-4, "warmup_steps": 20})
+        train_sft(model, tok, train, sft, random.Random(0), 0.7, stop=lambda step, secs: step >= 200)
+        model.eval()
+        engine = HFEngine(model, tok, device="cpu")
+        trainer = Trainer(model, copy.deepcopy(model), TrainSettings(lr=3e-4, mini_batch_size=64, micro_batch_size=64),
+                          tok.pad_token_id, torch.device("cpu"))
+        held_judge = judge_set(held[:100], 5)  # 100 pointwise + 100 pairwise, balanced, near-miss candidates
+        before = judge_metrics(engine, held_judge)
+        rng = random.Random(0)
+        for i in range(9):
+            problems = rng.sample(train, 32)
+            rows = recycle(near_miss_rollouts(problems, rng), i, balance_labels=True).rows
+            batch = select_batch(rows, 64, True)  # at most 32 judge + 32 reflection prompts
+            run_period(engine, trainer, judge_tasks(batch), SamplingSpec(group_size=8, max_new_tokens=96, seed=100 + i),
+                       "reward")
+        after = judge_metrics(engine, held_judge)
+    finally:
+        torch.set_num_threads(threads)
+    print("judge before", before, "\njudge after", after)  # shown with pytest -s
+    # 200 prompts: a gain of 0.06 is about 1.7 binomial standard deviations of each measurement;
+    # measured +0.095 to +0.15 on two seeds.
+    assert after["judge_accuracy"] > before["judge_accuracy"] + 0.06, (before, after)
+    shares = after["judge_verdict_shares"]
+    assert max(shares.values()) < 0.7 and after["judge_parse_rate"] > 0.95, shares  # not a constant verdict
+    assert after["judge_pairwise_accuracy"] > before["judge_pairwise_accuracy"], (before, after)
