@@ -153,3 +153,17 @@ def test_fifo_cache_in_the_judge_data_table(tmp_path):
     assert counts.to_pylist()[:2] == [{"iteration_consumed": 1, "n": 20}, {"iteration_consumed": 2, "n": 20}]
     total = query(tmp_path, "select count(*) as n from judge_data").to_pylist()[0]["n"]
     assert total == len(recycle(g0, 0).rows) + len(recycle(g1, 1).rows)  # nothing duplicated or lost
+
+
+def test_near_miss_rollouts_carry_their_verified_correctness():
+    """The made-up groups of the reward-period learning test: flags agree with the verifier."""
+    from spark_core.bootstrap import near_miss_rollouts
+    from spark_core.problems import Problem
+
+    problems = [Problem(f"p{i}", f"{i}+{2 * i}", str(3 * i), "", "synthetic") for i in range(1, 30)]
+    groups = near_miss_rollouts(problems, random.Random(0), group_size=8)
+    flat = [r for g in groups for r in g]
+    assert [len(g) for g in groups] == [8] * len(problems)
+    assert all(verify_response(r.response, r.reference).correct == r.correct for r in flat)
+    assert 0.35 < sum(r.correct for r in flat) / len(flat) < 0.65
+    assert groups == near_miss_rollouts(problems, random.Random(0), group_size=8)
