@@ -30,14 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from spark_core.bootstrap import ONE_STEP, inverse_check  # noqa: E402
 from spark_core.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
 from spark_core.problems import generate_problems  # noqa: E402
 from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
 from spark_core.verify import extract_answer  # noqa: E402
-
-ONE_STEP = re.compile(r"(\d+)([+-])(\d+)")
-
 
 def answers(engine, questions: list[str], g: int, seed: int) -> list[list[str | None]]:
     """G sampled answers per question (extracted; None when none could be read)."""
@@ -50,12 +48,8 @@ def ceilings(engine, probs, samples: int) -> dict[str, dict[str, float]]:
     cands = answers(engine, [p.question for p in probs], samples, seed=1)
     items = [(p, c) for p, cs in zip(probs, cands) for c in cs if c is not None and re.fullmatch(r"-?\d+", c)]
     forward = answers(engine, [p.question for p, _ in items], samples, seed=2)
-    inverse_q, inverse_target = [], []
-    for p, c in items:
-        x, op, y = ONE_STEP.fullmatch(p.question).groups()
-        inverse_q.append(f"{c}-{y}" if op == "+" else f"{c}+{y}")
-        inverse_target.append(x)
-    inverse = answers(engine, inverse_q, samples, seed=3)
+    inverse_q, _, inverse_target = zip(*(inverse_check(p, c) for p, c in items))
+    inverse = answers(engine, list(inverse_q), samples, seed=3)
     out = {"candidates": {"n": len(items), "correct": sum(c == p.answer for p, c in items)}}
     for name, checks, target in (("forward", forward, [c for _, c in items]), ("inverse", inverse, inverse_target)):
         passes = {True: [], False: []}

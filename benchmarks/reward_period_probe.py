@@ -17,6 +17,7 @@ import time
 from spark_core.bootstrap import judge_metrics, judge_set, near_miss_rollouts
 from spark_core.checkpoint import load_checkpoint
 from spark_core.config import SparkConfig
+from spark_core.evaluate import build_judge_set, run_judge_set, sample_groups
 from spark_core.periods import (
     groups_for_recycling,
     judge_tasks,
@@ -42,16 +43,31 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=3, help="measure the held-out judge every this many periods")
     ap.add_argument("--eval-problems", type=int, default=60, help="held-out judge set: 2 prompts per problem")
     ap.add_argument("--seed", type=int, default=0, help="problem draws and made-up answers")
+    ap.add_argument("--eval", choices=("near-miss", "own"), default="near-miss",
+                    help="held-out judge set: made-up near misses, or the starting model's own answers "
+                         "(the pipeline's reward benchmark, with AUROC)")
     args = ap.parse_args()
     cfg = SparkConfig()
     model, tok = load_checkpoint(args.checkpoint)
     engine = HFEngine(model, tok)
     train, held = generate_problems(cfg.problems, cfg.seed)
-    evalset = judge_set(held[: args.eval_problems], 5)
+    if args.eval == "own":
+        own = build_judge_set(sample_groups(engine, held[: args.eval_problems], 4, 48, 17), 0)
+
+        def measure() -> dict:
+            m = run_judge_set(engine, own, 96)[0]
+            return {k: m[k] for k in ("judge_accuracy", "judge_auroc", "pointwise_accuracy", "pairwise_accuracy",
+                                      "verdict_share_yes", "verdict_share_a_pairwise", "reflection_accuracy")} | {
+                "judge_verdict_shares": {}}
+    else:
+        evalset = judge_set(held[: args.eval_problems], 5)
+
+        def measure() -> dict:
+            return judge_metrics(engine, evalset)
     trainer = Trainer(model, copy.deepcopy(model), TrainSettings(lr=args.lr, mini_batch_size=args.mini_batch,
                                                                  micro_batch_size=64, beta=args.beta), tok.pad_token_id)
     show = lambda m: {k: round(v, 3) for k, v in m.items() if isinstance(v, float)}
-    print("start", show(judge_metrics(engine, evalset)), flush=True)
+    print("start", show(measure()), flush=True)
     rng, t0 = random.Random(args.seed), time.time()
     for it in range(args.periods):
         problems = rng.sample(train, 32)
@@ -65,7 +81,7 @@ def main() -> None:
         _, _, rm = run_period(engine, trainer, judge_tasks(batch), SamplingSpec(group_size=8, max_new_tokens=96, temperature=args.reward_temperature, seed=100 + it), "reward")
         print(it, f"{time.time() - t0:.0f}s", "solve", round(m["solve_accuracy"], 3), "reward period", show(rm), flush=True)
         if it % args.every == args.every - 1:
-            jm = judge_metrics(engine, evalset)
+            jm = measure()
             print("   held-out judge", show(jm), {k: round(v, 2) for k, v in jm["judge_verdict_shares"].items()}, flush=True)
 
 

@@ -27,21 +27,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from check_ceiling import ONE_STEP, ceilings, held_out_one_step, print_ceilings  # noqa: E402
 
-from spark_core.bootstrap import near_miss, train_sft  # noqa: E402
+from spark_core.bootstrap import inverse_problem, train_sft  # noqa: E402
 from spark_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
-from spark_core.problems import Problem, generate_problems  # noqa: E402
+from spark_core.problems import generate_problems  # noqa: E402
 from spark_core.rollout import HFEngine  # noqa: E402
-
-
-def inverse_problem(p: Problem, rng: random.Random) -> Problem:
-    """`a+b` -> `c-b`, `a-b` -> `c+b`, with c the right answer or (half the time) a near miss."""
-    x, op, y = ONE_STEP.fullmatch(p.question).groups()
-    c = int(p.answer) if rng.random() < 0.5 else near_miss(int(p.answer), rng)
-    inv_op = "-" if op == "+" else "+"
-    value = c - int(y) if inv_op == "-" else c + int(y)
-    q = f"{c}{inv_op}{y}"
-    return Problem(f"inverse-{q}", q, str(value), f"{q}={value}. \\boxed{{{value}}}", "synthetic-inverse")
 
 
 def main() -> None:

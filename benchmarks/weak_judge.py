@@ -49,22 +49,24 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--check", choices=("forward", "inverse"), default="forward",
+                    help="judge traces check by re-solving, or by the inverse computation")
     a = ap.parse_args()
     cfg = load_config(ROOT / "configs" / "tiny.yaml")
     train, held = generate_problems(cfg.problems, cfg.seed)
     model, tok = load_checkpoint(a.source)
     print("before", {k: round(v, 3) for k, v in report(model, tok, held).items() if v is not None}, flush=True)
-    s = cfg.bootstrap.model_copy(update={"lr": a.lr, "warmup_steps": 20})
+    s = cfg.bootstrap.model_copy(update={"lr": a.lr, "warmup_steps": 20, "judge_check": a.check})
     start = time.monotonic()
     train_sft(model, tok, train, s, random.Random(a.seed), a.p, stop=lambda step, secs: step >= a.steps)
     model.eval()
-    print(f"SFT {a.steps} steps at p={a.p}, lr {a.lr}: {time.monotonic() - start:.0f}s", flush=True)
+    print(f"SFT {a.steps} steps at p={a.p}, lr {a.lr}, {a.check} check: {time.monotonic() - start:.0f}s", flush=True)
     print("after", {k: round(v, 3) for k, v in report(model, tok, held).items() if v is not None}, flush=True)
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)
     save_checkpoint(model, tok, out)
     (out / "weak_judge.json").write_text(
-        f'{{"from": "{a.source}", "p": {a.p}, "steps": {a.steps}, "lr": {a.lr}, "seed": {a.seed}}}\n')
+        f'{{"from": "{a.source}", "p": {a.p}, "steps": {a.steps}, "lr": {a.lr}, "seed": {a.seed}, "check": "{a.check}"}}\n')
 
 
 if __name__ == "__main__":

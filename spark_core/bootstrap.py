@@ -34,6 +34,7 @@ import json
 import logging
 import math
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -110,12 +111,48 @@ def _steps(p: Problem) -> str:
     return p.solution[: p.solution.rindex("\\boxed{")].strip()
 
 
-def pointwise_trace(p: Problem, candidate: str, verdict: str) -> str:
+ONE_STEP = re.compile(r"(\d+)([+-])(\d+)")
+
+
+def inverse_check(p: Problem, candidate: str) -> tuple[str, str, str] | None:
+    """The inverse of a one-step problem with a candidate c: `a+b` -> (`c-b`, its value, `a`),
+    `a-b` -> (`c+b`, its value, `a`). None for other problems or a non-integer candidate.
+
+    Checking c by computing c-b and comparing with a makes the judge's errors differ from the
+    solver's (benchmarks/check_ceiling.py: false pass 1-3% against 29-38% for a re-solve)."""
+    m = ONE_STEP.fullmatch(p.question)
+    if m is None or not re.fullmatch(r"-?\d+", candidate):
+        return None
+    x, op, y = m.groups()
+    c = int(candidate)
+    q, v = (f"{c}-{y}", c - int(y)) if op == "+" else (f"{c}+{y}", c + int(y))
+    return q, str(v), x
+
+
+def inverse_problem(p: Problem, rng: random.Random) -> Problem:
+    """A solve problem of the inverse form a judge computes: `c-b` for `a+b` (`c+b` for `a-b`),
+    c the right answer or, half the time, a near miss."""
+    c = p.answer if rng.random() < 0.5 else str(near_miss(int(p.answer), rng))
+    q, v, _ = inverse_check(p, c)
+    return Problem(f"inverse-{q}", q, v, f"{q}={v}. \\boxed{{{v}}}", "synthetic-inverse")
+
+
+def pointwise_trace(p: Problem, candidate: str, verdict: str, check: str = "forward") -> str:
+    """`forward`: re-solve, compare with the candidate; `inverse`: compute the inverse, compare with a."""
+    inv = inverse_check(p, candidate) if check == "inverse" else None
+    if inv is not None:
+        q, v, x = inv
+        return f"{q}={v}. {v} vs {x}: {compare_digits(v, x)}. \\boxed{{{verdict}}}"
     return f"{_steps(p)} {p.answer} vs {candidate}: {compare_digits(p.answer, candidate)}. \\boxed{{{verdict}}}"
 
 
-def pairwise_trace(p: Problem, a: str, b: str, verdict: str) -> str:
+def pairwise_trace(p: Problem, a: str, b: str, verdict: str, check: str = "forward") -> str:
     marks = {x: "Y" if x == p.answer else "N" for x in (a, b)}
+    inv = {x: inverse_check(p, x) for x in (a, b)} if check == "inverse" else {}
+    if inv and all(inv.values()):
+        (qa, va, x), (qb, vb, _) = inv[a], inv[b]
+        return (f"A {qa}={va}: {compare_digits(va, x)} {marks[a]}. "
+                f"B {qb}={vb}: {compare_digits(vb, x)} {marks[b]}. \\boxed{{{verdict}}}")
     return (
         f"{_steps(p)} A {a}: {compare_digits(p.answer, a)} {marks[a]}. "
         f"B {b}: {compare_digits(p.answer, b)} {marks[b]}. \\boxed{{{verdict}}}"
@@ -143,10 +180,15 @@ def _shown_verdict(label: str, true_labels: bool | float, rng: random.Random, op
 
 
 def make_example(kind: str, p: Problem, rng: random.Random, true_labels: bool | float, correct: bool | None = None,
-                 wording: str | None = None, slot: str | None = None) -> Example:
-    """One supervised example of `kind` on problem `p`; verdicts random unless `true_labels`."""
+                 wording: str | None = None, slot: str | None = None, check: str = "forward") -> Example:
+    """One supervised example of `kind` on problem `p`; verdicts random unless `true_labels`.
+
+    With `check="inverse"` judge traces check by the inverse computation, and half the solve
+    examples of one-step problems are their inverse forms, so the judge's arithmetic is taught."""
     answer = int(p.answer)
     if kind == "solve":
+        if check == "inverse" and ONE_STEP.fullmatch(p.question) and rng.random() < 0.5:
+            p = inverse_problem(p, rng)
         return Example(kind, p.question, p.solution, p.answer)
     if kind == "pointwise":
         correct = rng.random() < 0.5 if correct is None else correct
@@ -154,14 +196,14 @@ def make_example(kind: str, p: Problem, rng: random.Random, true_labels: bool | 
         tpl = rng.choice(templates("compact", "pointwise", wording))
         label = pointwise_label(correct, tpl.wording)
         shown = _shown_verdict(label, true_labels, rng, (pointwise_label(True, tpl.wording), pointwise_label(False, tpl.wording)), False)
-        return Example(kind, tpl.render(question=p.question, candidate=cand), pointwise_trace(p, cand, shown), label)
+        return Example(kind, tpl.render(question=p.question, candidate=cand), pointwise_trace(p, cand, shown, check), label)
     if kind == "pairwise":
         slot = rng.choice("AB") if slot is None else slot
         wrong = str(near_miss(answer, rng))
         a, b = (p.answer, wrong) if slot == "A" else (wrong, p.answer)
         tpl = rng.choice(templates("compact", "pairwise"))
         shown = _shown_verdict(slot, true_labels, rng, ("A", "B"), True)
-        return Example(kind, tpl.render(question=p.question, a=a, b=b), pairwise_trace(p, a, b, shown), slot)
+        return Example(kind, tpl.render(question=p.question, a=a, b=b), pairwise_trace(p, a, b, shown, check), slot)
     if kind == "reflection":
         wrong = str(near_miss(answer, rng))
         shown = wrong if rng.random() < 0.5 else f"{_steps(p).rsplit('=', 1)[0]}={wrong}. \\boxed{{{wrong}}}"
@@ -211,7 +253,8 @@ def train_sft(model, tok, problems: list[Problem], s: BootstrapConfig, rng: rand
         for g in opt.param_groups:
             g["lr"] = s.lr * scale
         kinds = rng.choices(KINDS, weights=mix, k=s.batch_size)
-        ids, labels, mask = _batch(tok, [make_example(k, rng.choice(problems), rng, true_labels) for k in kinds])
+        ids, labels, mask = _batch(tok, [make_example(k, rng.choice(problems), rng, true_labels, check=s.judge_check)
+                                         for k in kinds])
         ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)

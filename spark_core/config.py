@@ -116,6 +116,8 @@ class BootstrapConfig(_Section):
     """Wall-clock limit of the capacity check; its learning rate decays (cosine) over it."""
     threads: int = Field(0, ge=0)
     """torch CPU threads (0: torch's default, all cores)."""
+    judge_check: Literal["forward", "inverse"] = "forward"
+    """How judge traces check an answer: re-solve (forward) or the inverse computation (one-step problems)."""
 
 
 class ModelConfig(_Section):
