@@ -46,11 +46,18 @@ def main() -> None:
     ap.add_argument("--eval", choices=("near-miss", "own"), default="near-miss",
                     help="held-out judge set: made-up near misses, or the starting model's own answers "
                          "(the pipeline's reward benchmark, with AUROC)")
+    ap.add_argument("--fresh", type=int, default=None, metavar="SEED",
+                    help="draw the periods' problems from a fresh synthetic pool (this generator seed), "
+                         "minus the training and held-out problems: ones the model never trained on")
     args = ap.parse_args()
     cfg = SparkConfig()
     model, tok = load_checkpoint(args.checkpoint)
     engine = HFEngine(model, tok)
     train, held = generate_problems(cfg.problems, cfg.seed)
+    if args.fresh is not None:
+        seen = {p.question for p in train + held}
+        train = [p for p in generate_problems(cfg.problems, args.fresh)[0] if p.question not in seen]
+        print(f"fresh pool: {len(train)} problems (seed {args.fresh})")
     if args.eval == "own":
         own = build_judge_set(sample_groups(engine, held[: args.eval_problems], 4, 48, 17), 0)
 

@@ -84,3 +84,10 @@ def test_experiment_flow_writes_results_and_nested_mlflow_runs(prefect_api, tmp_
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parent) == 1 and {r.info.run_name for r in children} == {"base-seed0", "grpo_policy-seed0"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent[0].info.run_id for r in children)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path):
+    """Every config the README points to validates (a typo in a field name is an error)."""
+    cfg = load_config(path)
+    assert cfg.seed == 0 and cfg.model.path
