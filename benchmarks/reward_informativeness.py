@@ -78,11 +78,17 @@ def main() -> None:
         for s in samples:
             v = BOXED.findall(s.text)
             kind = check_kind(s.text, cand.question, cand.extracted or "", cand.reference)
-            cells[(truth, r.template_id.split("/")[-1], kind)].append(int(bool(v) and v[-1].strip() == r.label))
+            cells[(truth, "yes_no" if r.label in ("Yes", "No") else "a_b", kind)].append(int(bool(v) and v[-1].strip() == r.label))
     total = sum(len(v) for v in cells.values())
-    print(f"{'candidate':<13} {'template':<24} {'trace check':<14} {'share':>6} {'reward':>7}")
+    print(f"{'candidate':<13} {'wording':<8} {'trace check':<14} {'share':>6} {'reward':>7}")
     for (truth, wording, kind), v in sorted(cells.items()):
-        print(f"{truth:<13} {wording:<24} {kind:<14} {len(v) / total:6.3f} {sum(v) / len(v):7.3f}")
+        print(f"{truth:<13} {wording:<8} {kind:<14} {len(v) / total:6.3f} {sum(v) / len(v):7.3f}")
+    for wording in ("yes_no", "a_b"):  # the reward's information about the check, per wording
+        rate = {ok: [x for (_, w, k), v in cells.items() if w == wording and k.endswith(ok) for x in v]
+                for ok in ("-right", "-wrong")}
+        if all(rate.values()):
+            r, w = (sum(v) / len(v) for v in rate.values())
+            print(f"{wording}: reward {r:.3f} when the check is computed right, {w:.3f} when not (gap {r - w:+.3f})")
 
 
 if __name__ == "__main__":
