@@ -37,18 +37,18 @@ COMPARE = re.compile(r"(-?\d+) vs (-?\d+):")
 BOXED = re.compile(r"\\boxed\{([^}]*)\}")
 
 
-def check_kind(text: str, question: str, candidate: str, reference: str) -> str:
+def check_kind(text: str, p: Problem, candidate: str) -> str:
     """`inverse-right`, `inverse-wrong`, `forward-right`, `forward-wrong` or `none`.
 
     A trace whose first computation is the question itself is a re-solve (forward); any other
     `x op y=v. v vs a:` line is an inverse check."""
     m = INVERSE.search(text)
-    if m and f"{m.group(1)}{m.group(2)}{m.group(3)}" != question.replace(" ", ""):
-        inv = inverse_check(Problem("x", question, "0", "", ""), candidate)
+    if m and f"{m.group(1)}{m.group(2)}{m.group(3)}" != p.question.replace(" ", ""):
+        inv = inverse_check(p, candidate)
         return "inverse-right" if inv is not None and m.group(4) == inv[1] else "inverse-wrong"
     m = COMPARE.search(text)
     if m:
-        return "forward-right" if m.group(1) == reference else "forward-wrong"
+        return "forward-right" if m.group(1) == p.answer else "forward-wrong"
     return "none"
 
 
@@ -67,6 +67,7 @@ def main() -> None:
     tasks = solve_tasks(problems)
     rows, _, m = run_period(engine, None, tasks, SamplingSpec(group_size=8, max_new_tokens=48, seed=a.seed), "policy")
     groups = {g[0].prompt_id: g for g in groups_for_recycling(rows, tasks)}
+    by_id = {p.id: p for p in problems}
     judge = [r for r in recycle(groups.values(), a.seed, balance_labels=True).rows if r.kind == "pointwise"]
     print(f"solve accuracy {m['solve_accuracy']:.3f}; {len(judge)} pointwise judge prompts")
     out = engine.generate([r.prompt for r in judge], SamplingSpec(group_size=8, max_new_tokens=96, seed=a.seed + 1))
@@ -77,7 +78,7 @@ def main() -> None:
         truth = "right answer" if r.candidate_correct else "wrong answer"
         for s in samples:
             v = BOXED.findall(s.text)
-            kind = check_kind(s.text, cand.question, cand.extracted or "", cand.reference)
+            kind = check_kind(s.text, by_id[r.source_prompt_id], cand.extracted or "")
             cells[(truth, "yes_no" if r.label in ("Yes", "No") else "a_b", kind)].append(int(bool(v) and v[-1].strip() == r.label))
     total = sum(len(v) for v in cells.values())
     print(f"{'candidate':<13} {'wording':<8} {'trace check':<14} {'share':>6} {'reward':>7}")
@@ -87,8 +88,9 @@ def main() -> None:
         rate = {ok: [x for (_, w, k), v in cells.items() if w == wording and k.endswith(ok) for x in v]
                 for ok in ("-right", "-wrong")}
         if all(rate.values()):
-            r, w = (sum(v) / len(v) for v in rate.values())
-            print(f"{wording}: reward {r:.3f} when the check is computed right, {w:.3f} when not (gap {r - w:+.3f})")
+            right, wrong = (sum(v) / len(v) for v in rate.values())
+            print(f"{wording}: reward {right:.3f} when the check is computed right, {wrong:.3f} when not "
+                  f"(gap {right - wrong:+.3f})")
 
 
 if __name__ == "__main__":
