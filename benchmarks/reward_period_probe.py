@@ -24,7 +24,7 @@ from spark_core.periods import (
     run_period,
     solve_tasks,
 )
-from spark_core.problems import generate_problems
+from spark_core.problems import fresh_problems, generate_problems
 from spark_core.recycle import recycle, select_batch
 from spark_core.rollout import HFEngine, SamplingSpec
 from spark_core.trainer import Trainer, TrainSettings
@@ -55,8 +55,7 @@ def main() -> None:
     engine = HFEngine(model, tok)
     train, held = generate_problems(cfg.problems, cfg.seed)
     if args.fresh is not None:
-        seen = {p.question for p in train + held}
-        train = [p for p in generate_problems(cfg.problems, args.fresh)[0] if p.question not in seen]
+        train = fresh_problems(cfg.problems, args.fresh, cfg.seed)
         print(f"fresh pool: {len(train)} problems (seed {args.fresh})")
     if args.eval == "own":
         own = build_judge_set(sample_groups(engine, held[: args.eval_problems], 4, 48, 17), 0)

@@ -30,7 +30,7 @@ from check_ceiling import ONE_STEP, ceilings, held_out_one_step, print_ceilings 
 from spark_core.bootstrap import inverse_problem, train_sft  # noqa: E402
 from spark_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
-from spark_core.problems import generate_problems  # noqa: E402
+from spark_core.problems import fresh_problems, generate_problems  # noqa: E402
 from spark_core.rollout import HFEngine  # noqa: E402
 
 
@@ -43,13 +43,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="save the checkpoint here")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda: the SFT and the checks run there")
+    ap.add_argument("--pool", type=int, default=None, metavar="SEED",
+                    help="train on a fresh synthetic pool (this generator seed) minus the run's training "
+                         "problems, so the RL run's problems stay unseen")
     ap.add_argument("--measure-at", type=int, nargs="*", default=[],
                     help="also measure the ceilings after these step counts (each below --steps)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     cfg = load_config(ROOT / "configs" / "tiny.yaml")
-    train, _ = generate_problems(cfg.problems, cfg.seed)
+    train = (generate_problems(cfg.problems, cfg.seed)[0] if a.pool is None
+             else fresh_problems(cfg.problems, a.pool, cfg.seed))
     rng = random.Random(0)
     one_step = [p for p in train if ONE_STEP.fullmatch(p.question)]
     mixed = one_step + [inverse_problem(p, rng) for p in one_step for _ in range(2)][: len(one_step)]

@@ -13,6 +13,7 @@ Run: `.venv/bin/python benchmarks/weak_judge.py --p 0.7 --steps 200 --out /tmp/w
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import shutil
 import sys
@@ -28,12 +29,12 @@ from spark_core.bootstrap import train_sft  # noqa: E402
 from spark_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
 from spark_core.evaluate import build_judge_set, policy_metrics, run_judge_set, sample_groups  # noqa: E402
-from spark_core.problems import generate_problems  # noqa: E402
+from spark_core.problems import fresh_problems, generate_problems  # noqa: E402
 from spark_core.rollout import HFEngine  # noqa: E402
 
 
-def report(model, tok, held, seed=0) -> dict:
-    engine = HFEngine(model, tok, device="cpu")
+def report(model, tok, held, seed=0, device="cpu") -> dict:
+    engine = HFEngine(model, tok, device=device)
     m, _ = policy_metrics(engine, held[:100], 0, 48, seed)
     items = build_judge_set(sample_groups(engine, held[:100], 4, 48, seed + 17), seed)
     jm, _ = run_judge_set(engine, items, 96)
@@ -51,22 +52,29 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check", choices=("forward", "inverse"), default="forward",
                     help="judge traces check by re-solving, or by the inverse computation")
+    ap.add_argument("--pool", type=int, default=None, metavar="SEED",
+                    help="SFT on a fresh synthetic pool (this generator seed) minus the run's training "
+                         "problems, so the RL run's problems stay unseen")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda")
     a = ap.parse_args()
     cfg = load_config(ROOT / "configs" / "tiny.yaml")
     train, held = generate_problems(cfg.problems, cfg.seed)
+    if a.pool is not None:
+        train = fresh_problems(cfg.problems, a.pool, cfg.seed)
     model, tok = load_checkpoint(a.source)
-    print("before", {k: round(v, 3) for k, v in report(model, tok, held).items() if v is not None}, flush=True)
+    model.to(a.device)
+    print("before", {k: round(v, 3) for k, v in report(model, tok, held, device=a.device).items() if v is not None}, flush=True)
     s = cfg.bootstrap.model_copy(update={"lr": a.lr, "warmup_steps": 20, "judge_check": a.check})
     start = time.monotonic()
     train_sft(model, tok, train, s, random.Random(a.seed), a.p, stop=lambda step, secs: step >= a.steps)
     model.eval()
     print(f"SFT {a.steps} steps at p={a.p}, lr {a.lr}, {a.check} check: {time.monotonic() - start:.0f}s", flush=True)
-    print("after", {k: round(v, 3) for k, v in report(model, tok, held).items() if v is not None}, flush=True)
+    print("after", {k: round(v, 3) for k, v in report(model, tok, held, device=a.device).items() if v is not None}, flush=True)
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)
     save_checkpoint(model, tok, out)
-    (out / "weak_judge.json").write_text(
-        f'{{"from": "{a.source}", "p": {a.p}, "steps": {a.steps}, "lr": {a.lr}, "seed": {a.seed}, "check": "{a.check}"}}\n')
+    meta = {"from": a.source, "p": a.p, "steps": a.steps, "lr": a.lr, "seed": a.seed, "check": a.check, "pool": a.pool}
+    (out / "weak_judge.json").write_text(json.dumps(meta) + "\n")
 
 
 if __name__ == "__main__":

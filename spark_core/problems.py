@@ -102,6 +102,14 @@ def generate_problems(cfg: ProblemsConfig, seed: int) -> tuple[list[Problem], li
     return list(train.values()), list(held.values())
 
 
+
+def fresh_problems(cfg: ProblemsConfig, seed: int, avoid_seed: int) -> list[Problem]:
+    """Training-side problems drawn with generator seed `seed`, minus those the run with
+    `avoid_seed` trains on: problems a model built on that run never saw (held-out questions
+    are excluded by `question_in_held_out` on both sides already)."""
+    seen = {p.question for p in generate_problems(cfg, avoid_seed)[0]}
+    return [p for p in generate_problems(cfg, seed)[0] if p.question not in seen]
+
 # --------------------------------------------------------------------------- files
 
 _QUESTION_FIELDS = ("question", "problem", "prompt")
