@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from spark_core.config import ProblemsConfig, SyntheticConfig, load_config
 from spark_core.problems import (
     Problem,
+    fresh_problems,
     generate_problems,
     load_problems,
     make_arithmetic,
@@ -53,6 +54,16 @@ def test_generated_counts_distinct_and_split():
     qs_train, qs_held = {p.question for p in train}, {p.question for p in held}
     assert len(qs_train) == 500 and len(qs_held) == 60
     assert not qs_train & qs_held
+
+
+def test_fresh_pool_avoids_the_runs_training_and_held_out_problems():
+    cfg = ProblemsConfig(n_train=500, n_held_out=60, synthetic=SyntheticConfig(max_digits=2, operators="+-"))
+    train, held = generate_problems(cfg, 0)
+    fresh = fresh_problems(cfg, 7, 0)
+    seen = {p.question for p in train + held}
+    assert fresh and not {p.question for p in fresh} & seen
+    assert len(fresh) < 500  # the small space makes the two draws overlap: the overlap was removed
+    assert fresh == fresh_problems(cfg, 7, 0)
 
 
 def test_too_small_a_space_is_a_clear_error():
