@@ -6,14 +6,15 @@
 # Run: benchmarks/build_inverse_judge.sh [OUT]   (default data/inverse-judge)
 # Environment: POOL=SEED trains both stages on a fresh synthetic pool (that generator seed) minus
 # the run's training problems, so the RL run's problems stay unseen (data/inverse-judge-fresh);
-# DEVICE=cuda and PY=python3 for a GPU machine.
+# JUDGE_STEPS=N judge SFT steps instead of 400; DEVICE=cuda and PY=python3 for a GPU machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-data/inverse-judge}
 PY=${PY:-.venv/bin/python}
 DEVICE=${DEVICE:-cpu}
+JUDGE_STEPS=${JUDGE_STEPS:-400}
 POOL_ARGS=()
 if [[ -n "${POOL:-}" ]]; then POOL_ARGS=(--pool "$POOL"); fi
 "$PY" benchmarks/teach_inverse.py --lr 1e-3 --steps 10000 --device "$DEVICE" "${POOL_ARGS[@]}" --out "$OUT-solver"
-"$PY" benchmarks/weak_judge.py --from "$OUT-solver" --check inverse --p 1.0 --steps 400 --device "$DEVICE" \
+"$PY" benchmarks/weak_judge.py --from "$OUT-solver" --check inverse --p 1.0 --steps "$JUDGE_STEPS" --device "$DEVICE" \
   "${POOL_ARGS[@]}" --out "$OUT"
