@@ -3,12 +3,8 @@
 # transformers; carry the few wheels it lacks in .whl/, see README "Performance").
 # Writes logs to $OUT (or ./gpu-out). Usage on the machine: bash benchmarks/gpu_session.sh
 set -uo pipefail
-export PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
-fi
+source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/device.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$OUT/device.txt"
 # 1. The CUDA tests, and the trainer and model-layer suites on this machine.
