@@ -172,6 +172,28 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def mean_curve(
+    points: list[tuple[int, int, float | None, float | None]],
+) -> list[tuple[float, float | None, float | None]]:
+    """Seeds' evaluations averaged per iteration: (iteration, steps, policy, judge) for every
+    seed -> (mean steps, mean policy, mean judge) per iteration, in iteration order.
+
+    By iteration, not by step count: seeds whose reward periods took different numbers of steps
+    would otherwise each make their own point and the line would zig-zag between seeds.
+    A metric missing from every seed at an iteration is None.
+    """
+    by_k: dict[int, list[tuple[int, float | None, float | None]]] = {}
+    for k, steps, pol, judge in points:
+        by_k.setdefault(k, []).append((steps, pol, judge))
+
+    def mean(vals: list[float | None]) -> float | None:
+        present = [v for v in vals if v is not None]
+        return statistics.mean(present) if present else None
+
+    return [(statistics.mean(v[0] for v in rows), mean([v[1] for v in rows]), mean([v[2] for v in rows]))
+            for _, rows in sorted(by_k.items())]
+
+
 def coevolution_plot(runs: dict[str, list[Path]], out: Path) -> Path:
     """Held-out policy and judge accuracy against optimizer steps, one line per arm (mean over seeds)."""
     import matplotlib
@@ -183,16 +205,16 @@ def coevolution_plot(runs: dict[str, list[Path]], out: Path) -> Path:
     for arm, dirs in runs.items():
         if arm == "base":
             continue
-        curves: dict[int, list[tuple[float | None, float | None]]] = {}
+        points = []
         for d in dirs:
             evals = read_table(d, "evals").to_pylist()
             for k in sorted({r["iteration"] for r in evals}):
                 m = {r["metric"]: r["value"] for r in evals if r["iteration"] == k}
-                curves.setdefault(_steps_through(d, k), []).append((m.get("policy_accuracy"), m.get("judge_accuracy")))
-        xs = sorted(curves)
-        for ax, i in zip(axes, (0, 1)):
-            ys = [statistics.mean(v[i] for v in curves[x] if v[i] is not None) for x in xs]
-            ax.plot(xs, ys, marker="o", label=arm)
+                points.append((k, _steps_through(d, k), m.get("policy_accuracy"), m.get("judge_accuracy")))
+        curve = mean_curve(points)
+        for ax, i in zip(axes, (1, 2)):
+            xy = [(c[0], c[i]) for c in curve if c[i] is not None]
+            ax.plot([x for x, _ in xy], [y for _, y in xy], marker="o", label=arm)
     base = [d for d in runs.get("base", [])]
     for ax, key, title in zip(axes, ("policy_accuracy", "judge_accuracy"), ("policy accuracy (greedy, held out)", "judge accuracy (held-out judge set)")):
         vals = [read_manifest(d, "base_eval", None)["metrics"].get(key) for d in base if read_manifest(d, "base_eval", None)]

@@ -6,7 +6,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from spark_core.config import load_config
-from spark_core.experiment import ARMS, arm_config, arm_iterations, eval_every, markdown, run_arm, write_results
+from spark_core.experiment import (
+    ARMS,
+    arm_config,
+    arm_iterations,
+    eval_every,
+    markdown,
+    mean_curve,
+    run_arm,
+    write_results,
+)
 from spark_core.store import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +100,9 @@ def test_shipped_configs_load(path):
     """Every config the README points to validates (a typo in a field name is an error)."""
     cfg = load_config(path)
     assert cfg.seed == 0 and cfg.model.path
+
+
+def test_coevolution_curve_averages_seeds_per_iteration():
+    """Seeds whose reward periods took different step counts still give one point per iteration."""
+    points = [(0, 7, 0.5, 0.6), (0, 8, 0.7, 0.4), (1, 15, 0.6, None), (1, 14, 0.8, 0.5), (2, 20, None, None)]
+    assert mean_curve(points) == [(7.5, 0.6, 0.5), (14.5, 0.7, 0.5), (20, None, None)]
