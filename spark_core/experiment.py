@@ -114,8 +114,17 @@ def run_arm(base_cfg: SparkConfig, arm: str, seed: int, n: int, root: Path) -> t
                    **_pick(_evals_at(run_dir, n - 1))}
             row |= {f"{k}_at_equal_steps": v for k, v in _pick(_evals_at(run_dir, total - 1)).items()}
             row["optimizer_steps_at_equal_steps"] = _steps_through(run_dir, total - 1)
-    row["seconds"] = time.monotonic() - start
+        row["seconds"] = _add_arm_seconds(run_dir, time.monotonic() - start)
     return row, run_dir, cfg
+
+
+def _add_arm_seconds(run_dir: Path, seconds: float) -> float:
+    """The arm's wall time over every call that worked on it: a resume of a finished arm (to
+    rebuild the report) adds its second or so instead of replacing the first run's time."""
+    path = Path(run_dir) / "arm_seconds.json"
+    total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
+    atomic_write_bytes(path, (json.dumps({"seconds": total}) + "\n").encode(), run_dir)
+    return total
 
 
 # --------------------------------------------------------------------------- reporting

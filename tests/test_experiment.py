@@ -71,6 +71,7 @@ def test_run_arm_small(tmp_path, arm):
     assert row["optimizer_steps_at_equal_steps"] >= row["optimizer_steps"] > 0
     again, _, _ = run_arm(load_config(cfg_path), arm, 0, 1, tmp_path / "exp")  # resumable: nothing redone
     assert {k: v for k, v in again.items() if k != "seconds"} == {k: v for k, v in row.items() if k != "seconds"}
+    assert row["seconds"] <= again["seconds"] < 2 * row["seconds"]  # the first run's time is kept, not replaced
 
 
 def test_experiment_flow_writes_results_and_nested_mlflow_runs(prefect_api, tmp_path):
