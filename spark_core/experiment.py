@@ -119,8 +119,9 @@ def run_arm(base_cfg: SparkConfig, arm: str, seed: int, n: int, root: Path) -> t
 
 
 def _add_arm_seconds(run_dir: Path, seconds: float) -> float:
-    """The arm's wall time over every call that worked on it: a resume of a finished arm (to
-    rebuild the report) adds its second or so instead of replacing the first run's time."""
+    """The arm's wall time summed over every call that finished it (a killed call records
+    nothing): a resume of a finished arm, to rebuild the report, adds its second or so instead
+    of replacing the first run's time."""
     path = Path(run_dir) / "arm_seconds.json"
     total = (json.loads(path.read_text())["seconds"] if path.is_file() else 0.0) + seconds
     atomic_write_bytes(path, (json.dumps({"seconds": total}) + "\n").encode(), run_dir)
