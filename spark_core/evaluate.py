@@ -27,7 +27,9 @@ from typing import Sequence
 
 import torch
 
+from spark_core.logits import gathered_stats, hidden_states, use_blocks
 from spark_core.problems import Problem
+from spark_core.prompts import solve_prompt
 from spark_core.recycle import Rollout
 from spark_core.rollout import Engine, SamplingSpec
 from spark_core.templates import candidate_text, pointwise_label, templates
@@ -102,10 +104,12 @@ def build_judge_set(groups: Sequence[Sequence[Rollout]], seed: int, template_set
     return items
 
 
-def sample_groups(engine: Engine, problems: Sequence[Problem], samples: int, max_new_tokens: int, seed: int
-                  ) -> list[list[Rollout]]:
-    """Verified groups of `samples` answers at T=1 per problem (what the judge set is built from)."""
-    groups = engine.generate([p.question for p in problems], SamplingSpec(samples, 1.0, 1.0, max_new_tokens, seed=seed))
+def sample_groups(engine: Engine, problems: Sequence[Problem], samples: int, max_new_tokens: int, seed: int,
+                  solve: str = "bare") -> list[list[Rollout]]:
+    """Verified groups of `samples` answers at T=1 per problem (what the judge set is built from);
+    `solve`: the solve prompt (a `prompts.solve` preset or template)."""
+    groups = engine.generate([solve_prompt(solve, p.question) for p in problems],
+                             SamplingSpec(samples, 1.0, 1.0, max_new_tokens, seed=seed))
     out = []
     for p, g in zip(problems, groups):
         rows = []
@@ -170,10 +174,15 @@ def judge_report(items: Sequence[JudgeItem], verdicts: Sequence[str | None],
         "pointwise_a_b": [x for x in judged if x[0].wording == "a_b"],
         "pairwise": [x for x in judged if x[0].kind == "pairwise"],
     }
+    parsed = lambda it, v: v in (normalize_label(it.positive), normalize_label(it.negative))  # noqa: E731
     for name, xs in groups.items():
         m[f"{name}_accuracy"] = _share([right(it, v) for it, v, _ in xs])
         m[f"{name}_n"] = float(len(xs))
-    m["judge_parse_rate"] = _share([v in (normalize_label(it.positive), normalize_label(it.negative)) for it, v, _ in judged])
+        # A response with no parsable verdict is a format failure, not a wrong judgment: report
+        # the parse rate and the accuracy over parsed items beside the accuracy over all.
+        m[f"{name}_parse_rate"] = _share([parsed(it, v) for it, v, _ in xs])
+        m[f"{name}_accuracy_parsed"] = _share([right(it, v) for it, v, _ in xs if parsed(it, v)])
+    m["judge_parse_rate"] = _share([parsed(it, v) for it, v, _ in judged])
     m["verdict_share_yes"] = _share([v == "yes" for _, v, _ in groups["pointwise_yes_no"]])
     m["verdict_share_a_pointwise"] = _share([v == "a" for _, v, _ in groups["pointwise_a_b"]])
     m["verdict_share_a_pairwise"] = _share([v == "a" for _, v, _ in groups["pairwise"]])
@@ -233,14 +242,23 @@ def verdict_logodds(engine, prompts: Sequence[str], responses: Sequence[str], po
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in chunk], device=device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=device)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float().log_softmax(-1)
+            # Only the label's few positions are needed: their log-softmax from the hidden states
+            # (spark_core/logits.py), never a full (batch, width, vocabulary) float32 tensor.
+            blocked = use_blocks(model, "auto")
+            out = hidden_states(model, {"input_ids": ids, "attention_mask": mask}) if blocked else \
+                model(input_ids=ids, attention_mask=mask).logits
             for r, (s, (start, n)) in enumerate(zip(chunk, spans[b : b + batch])):
                 start -= len(seqs[b + r]) - len(s)  # the part cut to fit the context
                 if start < 1:
                     logps.append(None)
                     continue
-                tgt = torch.tensor(s[start : start + n], device=device)
-                logps.append(logits[r, start - 1 : start - 1 + n].gather(1, tgt[:, None]).sum().item())
+                tgt = torch.tensor(s[start : start + n], device=device)  # (n,)
+                at = out[r, start - 1 : start - 1 + n]  # (n, H) hidden states or (n, V) logits
+                if blocked:
+                    lp = gathered_stats(model.get_output_embeddings(), at, tgt)[0]
+                else:
+                    lp = at.float().log_softmax(-1).gather(1, tgt[:, None]).squeeze(-1)
+                logps.append(lp.sum().item())
     finally:
         model.train(was_training)
     return [None if a is None or c is None else a - c for a, c in zip(logps[0::2], logps[1::2])]
@@ -264,13 +282,19 @@ def run_judge_set(engine: Engine, items: Sequence[JudgeItem], max_new_tokens: in
     return m, rows
 
 
-def policy_metrics(engine: Engine, problems: Sequence[Problem], k: int, max_new_tokens: int, seed: int
-                   ) -> tuple[dict, list[str]]:
-    """Greedy accuracy, mean@k and pass@k (k samples at T=1); also returns the greedy responses."""
-    answers = greedy(engine, [p.question for p in problems], max_new_tokens)
-    m = {"policy_accuracy": _share([bool(verify_response(a, p.answer).correct) for a, p in zip(answers, problems)])}
+def policy_metrics(engine: Engine, problems: Sequence[Problem], k: int, max_new_tokens: int, seed: int,
+                   solve: str = "bare") -> tuple[dict, list[str]]:
+    """Greedy accuracy, mean@k and pass@k (k samples at T=1), and the format: the share of greedy
+    answers that are boxed (`policy_boxed`) or have no answer at all (`policy_no_answer`).
+    Also returns the greedy responses."""
+    prompts = [solve_prompt(solve, p.question) for p in problems]
+    answers = greedy(engine, prompts, max_new_tokens)
+    found = [extract_answer(a) for a in answers]
+    m = {"policy_accuracy": _share([bool(verify_response(a, p.answer).correct) for a, p in zip(answers, problems)]),
+         "policy_boxed": _share([f.rule == "boxed" for f in found]),
+         "policy_no_answer": _share([f.answer is None for f in found])}
     if k > 0:
-        groups = engine.generate([p.question for p in problems], SamplingSpec(k, 1.0, 1.0, max_new_tokens, seed=seed))
+        groups = engine.generate(prompts, SamplingSpec(k, 1.0, 1.0, max_new_tokens, seed=seed))
         hits = [[bool(verify_response(s.text, p.answer).correct) for s in g] for p, g in zip(problems, groups)]
         m[f"mean_at_{k}"] = sum(map(sum, hits)) / (k * len(problems))
         m[f"pass_at_{k}"] = _share([any(h) for h in hits])
@@ -320,10 +344,11 @@ def tts_reflect(engine: Engine, problems: Sequence[Problem], answers: Sequence[s
 
 
 def tts_best_of_n(engine: Engine, problems: Sequence[Problem], n: int, template_set: str, max_new_tokens: int,
-                  judge_max_new_tokens: int, seed: int) -> dict:
+                  judge_max_new_tokens: int, seed: int, solve: str = "bare") -> dict:
     """Self-verified best-of-N: N samples at T=1, each judged by the model (pointwise Yes/No);
     the majority answer among the accepted ones (among all when none is accepted)."""
-    groups = engine.generate([p.question for p in problems], SamplingSpec(n, 1.0, 1.0, max_new_tokens, seed=seed))
+    groups = engine.generate([solve_prompt(solve, p.question) for p in problems],
+                             SamplingSpec(n, 1.0, 1.0, max_new_tokens, seed=seed))
     flat = [(i, s.text) for i, g in enumerate(groups) for s in g]
     verdicts = greedy(engine, [_judge_prompt(template_set, problems[i].question, _shown(t)) for i, t in flat],
                       judge_max_new_tokens)

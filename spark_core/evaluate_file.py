@@ -48,13 +48,14 @@ def eval_benchmark(cfg: SparkConfig, checkpoint: Path, benchmark: str, tts: str 
         raise InputError(f"--tts must be none, reflect or bon, got {tts!r}")
     problems = benchmark_problems(benchmark, cfg)[:limit]
     r, ts = cfg.rollout, cfg.spark.template_set
-    eng = make_engine(engine, checkpoint, device=r.device, dtype=r.dtype, seed=cfg.seed)
+    eng = make_engine(engine, checkpoint, device=r.device, dtype=r.dtype, seed=cfg.seed, system=cfg.prompts.system)
+    solve = cfg.prompts.solve
     try:
-        m, answers = policy_metrics(eng, problems, samples, r.max_new_tokens, cfg.seed)
+        m, answers = policy_metrics(eng, problems, samples, r.max_new_tokens, cfg.seed, solve)
         if tts == "reflect":
             m |= tts_reflect(eng, problems, answers, ts, r.max_new_tokens, r.judge_max_new_tokens)[0]
         elif tts == "bon":
-            m |= tts_best_of_n(eng, problems, best_of, ts, r.max_new_tokens, r.judge_max_new_tokens, cfg.seed)
+            m |= tts_best_of_n(eng, problems, best_of, ts, r.max_new_tokens, r.judge_max_new_tokens, cfg.seed, solve)
     finally:
         eng.close()
     return {"benchmark": benchmark, "problems": len(problems)} | m

@@ -36,7 +36,7 @@ import signal
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 import torch
 
 from spark_core.checkpoint import check_model_dir, load_checkpoint, save_checkpoint
-from spark_core.config import SparkConfig, config_hash
+from spark_core.config import SparkConfig, config_hash, stable_resolved
 from spark_core.evaluate import (
     JudgeItem, build_judge_set, policy_metrics, rows_for_evals, run_judge_set, sample_groups, tts_best_of_n, tts_reflect,
 )
@@ -53,21 +53,22 @@ from spark_core.periods import Task, groups_for_recycling, judge_tasks, period_m
 from spark_core.problems import Problem
 from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_cache
 from spark_core.records import InputError
-from spark_core.rollout import Sample, SamplingSpec, make_engine, pick_device
+from spark_core import warmup
+from spark_core.rollout import Sample, SamplingSpec, encode_prompts, make_engine, pick_device
 from spark_core.store import (
     atomic_write_bytes, atomic_write_parquet, clean_staging, part_path, read_manifest, read_table, stage_complete,
     staging_dir, write_manifest, write_table,
 )
-from spark_core.trainer import TRAINER_STATE, Trainer, settings_from_config
+from spark_core.trainer import TRAINER_STATE, Trainer, TrainSettings, settings_from_config
 
 log = logging.getLogger(__name__)
 
-STAGES = ("rollout_policy", "verify_policy", "train_policy", "recycle",
+STAGES = ("warmup", "rollout_policy", "verify_policy", "train_policy", "recycle",
           "rollout_reward", "verify_reward", "train_reward", "evaluate")
 DONE = "iteration"  # the manifest that closes an iteration
 KEEP_CHECKPOINTS = 2
 #: How each stage's metrics are named in the `iteration` manifest and in MLflow.
-METRIC_PREFIX = {"rollout_policy": "policy/", "verify_policy": "policy/", "train_policy": "policy/train_",
+METRIC_PREFIX = {"warmup": "warmup/", "rollout_policy": "policy/", "verify_policy": "policy/", "train_policy": "policy/train_",
                  "recycle": "recycle/", "rollout_reward": "reward/", "verify_reward": "reward/",
                  "train_reward": "reward/train_", "evaluate": "eval/"}
 #: Test hook: a stage named here kills its own process (SIGKILL) after writing its outputs and
@@ -93,7 +94,7 @@ def iteration_hash(cfg: SparkConfig) -> str:
     """What the training stages depend on: the config less the bootstrap recipe, the evaluation
     settings, the number of iterations per flow run and `train.packing` (changing those must
     not redo training)."""
-    data = cfg.resolved()
+    data = stable_resolved(cfg)
     for key in ("bootstrap", "eval", "iterations"):
         data.pop(key)
     # Packing lays out the same sequences differently (the loss is equal up to rounding): a
@@ -142,11 +143,28 @@ def policy_problems(cfg: SparkConfig, train: list[Problem], k: int) -> list[Prob
 def open_engine(cfg: SparkConfig, checkpoint: Path, seed: int) -> Iterator:
     """The configured rollout engine on a checkpoint, closed (GPU memory freed) on the way out."""
     r = cfg.rollout
-    engine = make_engine(r.engine, checkpoint, device=r.device, dtype=r.dtype, seed=seed)
+    engine = make_engine(r.engine, checkpoint, device=r.device, dtype=r.dtype, seed=seed, system=cfg.prompts.system)
     try:
         yield engine
     finally:
         engine.close()
+
+
+def warmup_dir(run_dir: Path) -> Path:
+    """The format warm-up's checkpoint (kept for the whole run: RL starts from it and its KL anchor is it)."""
+    return Path(run_dir) / "checkpoints" / "warmup"
+
+
+def start_model(cfg: SparkConfig, run_dir: Path) -> Path:
+    """The model RL starts from and is anchored to (KL reference, judge-set and ablation rollouts):
+    the warm-up checkpoint when the warm-up is on, else the configured base model."""
+    if cfg.warmup.enabled:
+        path = warmup_dir(run_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path}: the warm-up checkpoint is missing; the warmup stage must run first "
+                                    f"(delete {Path(run_dir) / 'manifests'} for iteration 0 to redo it)")
+        return path
+    return check_model_dir(base_model(cfg))  # one-line CheckpointError when it is missing
 
 
 def _start_model(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> Path:
@@ -154,7 +172,7 @@ def _start_model(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> Path:
     if phase == "reward":
         path = checkpoint_dir(run_dir, k, "policy")
     elif k == 0:
-        return check_model_dir(base_model(cfg))  # one-line CheckpointError when it is missing
+        return start_model(cfg, run_dir)
     else:
         path = checkpoint_dir(run_dir, k - 1)
     if not path.is_dir():
@@ -234,7 +252,7 @@ def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
             problems = problems_of(run_dir, "train")
             if not problems:
                 raise ValueError(f"{run_dir}: the problems table has no training problems; run `spark prepare` first")
-            tasks = solve_tasks(policy_problems(cfg, problems, k))
+            tasks = solve_tasks(policy_problems(cfg, problems, k), cfg.prompts.solve)
             spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k)
         else:
             tasks = judge_tasks(consumed_batch(run_dir, k))
@@ -327,7 +345,7 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         else:
             torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
             model, tok = load_checkpoint(source)
-            ref, _ = load_checkpoint(base_model(cfg))  # the KL anchor is the base model throughout the run
+            ref, _ = load_checkpoint(start_model(cfg, run_dir))  # the KL anchor is the start model throughout the run
             r = cfg.rollout
             steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
             trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
@@ -356,6 +374,72 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return _run_stage(cfg, run_dir, f"train_{phase}", k, iteration_hash(cfg), body)
 
 
+def warmup_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
+    """Stage `warmup` (iteration 0, when `warmup.enabled`): the format warm-up of spark_core/warmup.py
+    from the base model into `RUN/checkpoints/warmup/`, with the parse rates before and after in its
+    manifest and the examples in `RUN/warmup/examples.parquet`. None when it does not apply."""
+    if k != 0 or not cfg.warmup.enabled:
+        return None
+    run_dir = Path(run_dir)
+
+    def body() -> dict:
+        w, r, sp = cfg.warmup, cfg.rollout, cfg.spark
+        base = check_model_dir(base_model(cfg))
+        tasks = solve_tasks(warmup.warmup_problems(problems_of(run_dir, "train"), w.problems, cfg.seed), cfg.prompts.solve)
+        seed = cfg.seed * 1000 + 900
+        solve_spec = SamplingSpec(w.samples, r.temperature, r.top_p, r.max_new_tokens, seed=seed)
+        with open_engine(cfg, base, seed) as engine:
+            groups = engine.generate([t.prompt for t in tasks], solve_spec)
+            jtasks = warmup.recycled_judge_tasks(tasks, groups, w.judge_prompts, cfg.seed, sp.template_set, sp.judge_input)
+            judge_spec = SamplingSpec(w.samples, sp.reward_temperature, r.top_p, r.judge_max_new_tokens, seed=seed + 1)
+            jgroups = engine.generate([t.prompt for t in jtasks], judge_spec) if jtasks else []
+        before = warmup.parse_rates(tasks + jtasks, groups + jgroups)
+        rng = random.Random(f"{cfg.seed}|warmup-examples")
+        refl = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind == "reflection"]
+        judg = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind != "reflection"]
+        examples = (warmup.solve_examples(tasks, groups, rng)
+                    + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng)
+                    + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng))
+        if not examples:
+            raise ValueError("warm-up: no sampled response was usable (none correct and finished, no readable "
+                             "verdict); raise warmup.samples or rollout.max_new_tokens, or choose another prompts.solve")
+        torch.manual_seed(seed)
+        model, tok = load_checkpoint(base)
+        stops = Counter(s.token_ids[-1] for g in groups + jgroups for s in g if s.finish_reason == "stop" and s.token_ids)
+        eos_id = stops.most_common(1)[0][0] if stops else tok.eos_token_id  # the end token the model itself uses
+        seqs = warmup.training_sequences(examples, lambda ps: encode_prompts(tok, ps, cfg.prompts.system), tok, eos_id)
+        settings = TrainSettings(lr=w.lr, mini_batch_size=w.batch_size, micro_batch_size=min(w.batch_size, cfg.train.micro_batch_size),
+                                 beta=0.0, blocked_logits=cfg.train.blocked_logits,
+                                 gradient_checkpointing=cfg.train.gradient_checkpointing, bf16_autocast=cfg.train.bf16_autocast)
+        trainer = Trainer(model, None, settings, tok.pad_token_id, pick_device(r.device))
+        updates: list[dict] = []
+        for epoch in range(w.epochs):
+            order = list(range(len(seqs)))
+            random.Random(f"{cfg.seed}|warmup-epoch|{epoch}").shuffle(order)
+            updates += trainer.sft_period([seqs[i] for i in order])
+        out = warmup_dir(run_dir)
+        _replace_dir(out, lambda tmp: save_checkpoint(model.cpu(), tok, tmp))
+        del model, trainer
+        check_spec = SamplingSpec(w.check_samples, r.temperature, r.top_p, r.max_new_tokens, seed=seed + 2)
+        with open_engine(cfg, out, seed + 2) as engine:
+            after_groups = engine.generate([t.prompt for t in tasks], check_spec)
+            after_jgroups = engine.generate([t.prompt for t in jtasks], replace(check_spec, seed=seed + 3,
+                                            temperature=sp.reward_temperature, max_new_tokens=r.judge_max_new_tokens)) if jtasks else []
+        after = warmup.parse_rates(tasks + jtasks, after_groups + after_jgroups)
+        side = run_dir / "warmup" / "examples.parquet"
+        atomic_write_parquet(pa.Table.from_pylist([asdict(e) for e in examples]), side, staging_dir(run_dir))
+        metrics = {f"{m}_before": v for m, v in before.items()} | {f"{m}_after": v for m, v in after.items()}
+        metrics |= {f"examples_{kind}": n for kind, n in Counter(e.kind for e in examples).items()}
+        metrics["rewritten_share"] = sum(e.rewritten for e in examples) / len(examples)
+        losses = [u["loss"] for u in updates if not u["skipped"]]
+        metrics |= {"sft_steps": len(updates), "sft_loss_first": losses[0] if losses else None,
+                    "sft_loss_last": losses[-1] if losses else None}
+        return dict(outputs={"examples": side}, rows={"examples": len(examples)}, inputs={"checkpoint": str(base)},
+                    checkpoint=str(out), metrics={m: v for m, v in metrics.items() if v is not None})
+
+    return _run_stage(cfg, run_dir, "warmup", 0, iteration_hash(cfg), body)
+
+
 def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     """Stage `recycle`: turn the verified policy rollouts into judge and reflection rows, add them
     to the FIFO cache in `judge_data`, and take the reward period's batch from it."""
@@ -369,7 +453,7 @@ def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
             # Judge data from the frozen base model's answers to the same problems.
             r = cfg.rollout
             spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k + 7)
-            with open_engine(cfg, base_model(cfg), spec.seed) as engine:
+            with open_engine(cfg, start_model(cfg, run_dir), spec.seed) as engine:
                 groups = engine.generate([t.prompt for t in tasks], spec)
             rows = score(tasks, groups, "base", cfg.train.advantage)[0]
         source = [] if sp.mode == "policy_only" else groups_for_recycling(rows, tasks)
@@ -400,13 +484,14 @@ def judge_set_stage(cfg: SparkConfig, run_dir: Path) -> list[JudgeItem]:
         problems = problems_of(run_dir, "held_out")[: cfg.eval.judge_problems]
         items: list[JudgeItem] = []
         if problems:
-            with open_engine(cfg, base_model(cfg), cfg.seed) as engine:
-                groups = sample_groups(engine, problems, cfg.eval.judge_samples, cfg.rollout.max_new_tokens, cfg.seed + 17)
+            with open_engine(cfg, start_model(cfg, run_dir), cfg.seed) as engine:
+                groups = sample_groups(engine, problems, cfg.eval.judge_samples, cfg.rollout.max_new_tokens, cfg.seed + 17,
+                                       cfg.prompts.solve)
             items = build_judge_set(groups, cfg.seed, cfg.spark.template_set, cfg.spark.judge_input)
         table = pa.Table.from_pylist([asdict(it) for it in items], schema=_JUDGE_ITEM_SCHEMA)
         atomic_write_parquet(table, path, staging_dir(run_dir))
         write_manifest(run_dir, "judge_set", None, key, outputs={"judge_set": path},
-                       rows=dict(Counter(it.kind for it in items)), inputs={"checkpoint": str(base_model(cfg))},
+                       rows=dict(Counter(it.kind for it in items)), inputs={"checkpoint": str(start_model(cfg, run_dir))},
                        seconds=time.monotonic() - start)
     return [JudgeItem(**row) for row in pq.read_table(path).to_pylist()]
 
@@ -420,15 +505,16 @@ _JUDGE_ITEM_SCHEMA = pa.schema([
 
 def evaluate_checkpoint(cfg: SparkConfig, engine, held: list[Problem], items: list[JudgeItem]) -> tuple[dict, list[dict]]:
     """Every held-out metric of one model: policy, judge set, reflection, test-time scaling."""
-    e, r, ts = cfg.eval, cfg.rollout, cfg.spark.template_set
+    e, r, ts, solve = cfg.eval, cfg.rollout, cfg.spark.template_set, cfg.prompts.solve
     problems = held[: e.problems]
-    m, answers = policy_metrics(engine, problems, e.samples, r.max_new_tokens, cfg.seed + 23)
+    m, answers = policy_metrics(engine, problems, e.samples, r.max_new_tokens, cfg.seed + 23, solve)
     jm, judged = run_judge_set(engine, items, r.judge_max_new_tokens) if items else ({}, [])
     m |= jm
     if e.tts:
         m |= tts_reflect(engine, problems, answers, ts, r.max_new_tokens, r.judge_max_new_tokens)[0]
     if e.best_of_n:
-        m |= tts_best_of_n(engine, problems, e.best_of_n, ts, r.max_new_tokens, r.judge_max_new_tokens, cfg.seed + 29)
+        m |= tts_best_of_n(engine, problems, e.best_of_n, ts, r.max_new_tokens, r.judge_max_new_tokens, cfg.seed + 29,
+                           solve)
     return m, judged
 
 
@@ -464,7 +550,7 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     key = iteration_hash(cfg)
     if not stage_complete(run_dir, DONE, k, key):
         docs = {stage: read_manifest(run_dir, stage, k) for stage in STAGES}
-        missing = [s for s, doc in docs.items() if doc is None and s != "evaluate"]
+        missing = [s for s, doc in docs.items() if doc is None and s not in ("evaluate", "warmup")]
         if missing:
             raise RuntimeError(f"iteration {k}: stage {missing[0]} has not completed")
         docs = {s: doc for s, doc in docs.items() if doc is not None}
@@ -486,6 +572,7 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
 def stage_calls(cfg: SparkConfig, run_dir: Path, k: int) -> list[tuple[str, Callable[[], dict | None]]]:
     """The stages of iteration k in order, as (name, call) pairs; the flow wraps each in a task."""
     return [
+        ("warmup", lambda: warmup_stage(cfg, run_dir, k)),
         ("rollout_policy", lambda: rollout(cfg, run_dir, k, "policy")),
         ("verify_policy", lambda: verify(cfg, run_dir, k, "policy")),
         ("train_policy", lambda: train(cfg, run_dir, k, "policy")),

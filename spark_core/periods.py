@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from spark_core.grpo import advantage_fn
+from spark_core.prompts import solve_prompt
 from spark_core.recycle import JudgeRow, Rollout
 from spark_core.rollout import Engine, Sample, SamplingSpec
 from spark_core.trainer import Sequence_, Trainer
@@ -150,8 +151,9 @@ def period_metrics(rows: list[dict], tasks: Sequence[Task], groups_of: list[int]
     return m
 
 
-def solve_tasks(problems) -> list[Task]:
-    return [Task(p.id, "solve", p.question, p.answer, p.question) for p in problems]
+def solve_tasks(problems, template: str = "bare") -> list[Task]:
+    """Solve tasks whose prompt is the problem through the solve template (`prompts.solve`)."""
+    return [Task(p.id, "solve", solve_prompt(template, p.question), p.answer, p.question) for p in problems]
 
 
 def judge_tasks(rows: Sequence[JudgeRow]) -> list[Task]:

@@ -30,6 +30,7 @@ from typing import Protocol, Sequence, Union
 import torch
 
 from spark_core.checkpoint import CheckpointError, load_checkpoint, load_tokenizer
+from spark_core.models import end_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,19 @@ class Engine(Protocol):
         """Release the model (and GPU memory)."""
 
 
-def as_messages(prompt: Prompt) -> Messages:
-    """A bare string is one user message."""
-    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+def as_messages(prompt: Prompt, system: str | None = None) -> Messages:
+    """A bare string is one user message, after the system message when one is given."""
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None and not (messages and messages[0].get("role") == "system"):
+        messages = [{"role": "system", "content": system}] + messages
+    return messages
+
+
+def encode_prompts(tokenizer, prompts: Sequence[Prompt], system: str | None = None) -> list[list[int]]:
+    """Prompt token ids through the model's own chat template (generation prompt appended)."""
+    texts = [tokenizer.apply_chat_template(as_messages(p, system), add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -155,6 +166,7 @@ class HFEngine:
         device: str = "auto",
         dtype: str = "auto",
         max_batch_sequences: int = 512,
+        system: str | None = None,
     ):
         if device == "auto" and not isinstance(model_or_path, (str, Path)):
             device = str(next(model_or_path.parameters()).device)  # a model object samples where it lives
@@ -166,23 +178,20 @@ class HFEngine:
                 raise EngineError("HFEngine given a model object also needs its tokenizer")
             self.model, self.tokenizer = model_or_path, tokenizer
         self.max_batch_sequences = max_batch_sequences
+        self.system = system
         self.eos_ids = self._eos_ids()
 
     def _eos_ids(self) -> list[int]:
-        ids = self.model.generation_config.eos_token_id if self.model.generation_config else None
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self.tokenizer.eos_token_id is not None and self.tokenizer.eos_token_id not in ids:
-            ids.append(self.tokenizer.eos_token_id)
+        """Every end token the model declares (generation config, tokenizer, known end-of-turn
+        tokens): a ChatML model ends a turn with `<|im_end|>` and a text with `<|endoftext|>`."""
+        ids = end_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         if not ids:
             raise CheckpointError("the model has no EOS token: responses could never stop")
         return ids
 
     def encode(self, prompts: Sequence[Prompt]) -> list[list[int]]:
-        """Prompt token ids through the chat template."""
-        texts = [
-            self.tokenizer.apply_chat_template(as_messages(p), add_generation_prompt=True, tokenize=False) for p in prompts
-        ]
-        return [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        """Prompt token ids through the chat template (with the engine's system message)."""
+        return encode_prompts(self.tokenizer, prompts, self.system)
 
     @torch.no_grad()
     def generate(self, prompts: Sequence[Prompt], spec: SamplingSpec) -> list[list[Sample]]:
@@ -273,7 +282,8 @@ class HFEngine:
 class VLLMEngine:
     """`vllm.LLM` on a checkpoint directory (GPU only; `pip install -e ".[vllm]"`)."""
 
-    def __init__(self, path: str | Path, dtype: str = "auto", gpu_memory_utilization: float = 0.5, seed: int = 0):
+    def __init__(self, path: str | Path, dtype: str = "auto", gpu_memory_utilization: float = 0.5, seed: int = 0,
+                 system: str | None = None):
         try:
             import vllm  # noqa: F401  (optional dependency, imported only when this engine is chosen)
         except ImportError as e:
@@ -282,7 +292,15 @@ class VLLMEngine:
             raise EngineError("the vllm engine needs a CUDA GPU and none is visible; set rollout.engine: hf")
         from vllm import LLM
 
+        from transformers import GenerationConfig
+
         self.tokenizer = load_tokenizer(path)
+        self.system = system
+        try:
+            gen = GenerationConfig.from_pretrained(path)
+        except OSError:  # no generation_config.json: the tokenizer's end tokens only
+            gen = None
+        self.eos_ids = end_token_ids(self.tokenizer, gen)
         kwargs = dict(model=str(path), dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
         try:
             # Log-probs after temperature, like HFEngine's (vLLM >= 0.10.2); older vLLM returns raw ones.
@@ -294,16 +312,13 @@ class VLLMEngine:
     def generate(self, prompts: Sequence[Prompt], spec: SamplingSpec) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        encoded = [
-            self.tokenizer(
-                self.tokenizer.apply_chat_template(as_messages(p), add_generation_prompt=True, tokenize=False),
-                add_special_tokens=False,
-            )["input_ids"]
-            for p in prompts
-        ]
+        encoded = encode_prompts(self.tokenizer, prompts, self.system)
+        # Stop on every declared end token (vLLM alone stops on the generation config's eos only),
+        # and keep it in the token ids like HFEngine does, so the trainer learns to stop.
         params = SamplingParams(
             n=spec.group_size, temperature=spec.temperature, top_p=spec.top_p,
             max_tokens=spec.max_new_tokens, seed=spec.seed, logprobs=0,
+            stop_token_ids=list(self.eos_ids), skip_special_tokens=True,
         )
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=sys.stderr.isatty())
         results = []
@@ -333,10 +348,12 @@ class VLLMEngine:
 ENGINES = ("hf", "vllm")
 
 
-def make_engine(name: str, path: str | Path, device: str = "auto", dtype: str = "auto", seed: int = 0, **kwargs) -> Engine:
-    """The engine called `name` (`hf` | `vllm`) on checkpoint `path`."""
+def make_engine(name: str, path: str | Path, device: str = "auto", dtype: str = "auto", seed: int = 0,
+                system: str | None = None, **kwargs) -> Engine:
+    """The engine called `name` (`hf` | `vllm`) on checkpoint `path`; `system`: a system message
+    before every prompt."""
     if name == "hf":
-        return HFEngine(path, device=device, dtype=dtype, **kwargs)
+        return HFEngine(path, device=device, dtype=dtype, system=system, **kwargs)
     if name == "vllm":
-        return VLLMEngine(path, dtype=dtype, seed=seed, **kwargs)
+        return VLLMEngine(path, dtype=dtype, seed=seed, system=system, **kwargs)
     raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -16,6 +16,7 @@ continues exactly where it stopped. CUDA when present, CPU otherwise, the same c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from typing import Sequence
 import torch
 
 from spark_core.grpo import policy_loss, token_entropy, token_logprobs
+from spark_core.logits import blocked_matches, response_stats, use_blocks
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,9 @@ class TrainSettings:
     temperature: float = 1.0  # the sampling temperature: log-probs are recomputed under it
     max_grad_norm: float = 1.0
     packing: bool = False  # several sequences per row instead of one padded row each (checked once)
+    blocked_logits: str = "auto"  # auto | always | never: LM head over blocks of positions (spark_core/logits.py)
+    gradient_checkpointing: bool = False
+    bf16_autocast: bool = False  # CUDA only: bf16 forward/backward, float32 log-probs and optimizer state
 
 
 @dataclass
@@ -69,7 +74,8 @@ def settings_from_config(train, total_steps: int, temperature: float) -> TrainSe
         lr=train.lr, warmup_steps=train.warmup_steps, total_steps=total_steps, schedule=train.schedule,
         mini_batch_size=train.mini_batch_size, micro_batch_size=train.micro_batch_size, clip_low=train.clip_low,
         clip_high=train.clip_high, beta=train.beta, agg=train.agg, entropy_coef=train.entropy_coef, temperature=temperature,
-        packing=train.packing,
+        packing=train.packing, blocked_logits=train.blocked_logits,
+        gradient_checkpointing=train.gradient_checkpointing, bf16_autocast=train.bf16_autocast,
     )
 
 
@@ -101,6 +107,10 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(settings))
         self.step = 0
         self._packing_ok: bool | None = None
+        self._blocked: bool | None = None
+        if settings.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
 
     # ----------------------------------------------------------------------- one period
 
@@ -119,6 +129,50 @@ class Trainer:
         finally:
             self.s = base
         return rows
+
+    def sft_period(self, batch: Sequence[Sequence_], phase: str = "warmup") -> list[dict]:
+        """Supervised steps on `batch` (token-mean negative log-likelihood of the responses; the
+        advantages and old log-probs are ignored); one `updates`-shaped row per optimizer step."""
+        self.model.train()
+        rows = []
+        for start in range(0, len(batch), self.s.mini_batch_size):
+            mini = batch[start : start + self.s.mini_batch_size]
+            t0 = time.monotonic()
+            total = sum(len(x.response_ids) for x in mini)
+            self.opt.zero_grad(set_to_none=True)
+            nll = 0.0
+            for m in range(0, len(mini), self.s.micro_batch_size):
+                micro = mini[m : m + self.s.micro_batch_size]
+                logp, mask = self._micro_logprobs(micro)
+                loss = -(logp * mask).sum() / max(1, total)  # token mean over the mini-batch
+                loss.backward()
+                nll += float(loss.detach())
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
+            finite = bool(torch.isfinite(grad_norm)) and math.isfinite(nll)
+            if finite:
+                self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                self.sched.step()
+            rows.append(dict(phase=phase, step=self.step, loss=nll, grad_norm=float(grad_norm), lr=self.sched.get_last_lr()[0],
+                             tokens=total, seconds=time.monotonic() - t0, skipped=not finite))
+            self.step += 1
+        return rows
+
+    def _micro_logprobs(self, micro: Sequence[Sequence_]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probs (B, R) of the response tokens under the model, float mask (B, R))."""
+        B, R = len(micro), max(len(x.response_ids) for x in micro)
+        tokens = torch.full((B, R), self.pad_id, dtype=torch.long)  # (B, R)
+        mask = torch.zeros((B, R), dtype=torch.bool)  # (B, R)
+        for i, x in enumerate(micro):
+            tokens[i, : len(x.response_ids)] = torch.tensor(x.response_ids)
+            mask[i, : len(x.response_ids)] = True
+        inputs, where = self._layout(micro, R, packed=self._use_packing())
+        tokens, mask, where = tokens.to(self.device), mask.to(self.device), where.to(self.device)
+        with self._autocast():
+            logp, _ = self._stats(self.model, inputs, where, tokens, mask)
+        return logp, mask.float()
 
     def _optimizer_step(self, mini: Sequence[Sequence_], phase: str, lr_scale: float) -> dict:
         t0 = time.monotonic()
@@ -169,17 +223,40 @@ class Trainer:
         adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32)  # (B,)
         inputs, where = self._layout(micro, R, packed=self._use_packing())
         tokens, mask, old, adv, where = (t.to(self.device) for t in (tokens, mask, old, adv, where))
-        logits = _response_logits(self.model, inputs, where)  # (B, R, V)
-        logp = token_logprobs(logits, tokens, self.s.temperature)  # (B, R)
-        entropy = token_entropy(logits.detach(), self.s.temperature) if self.s.entropy_coef == 0 else token_entropy(logits, self.s.temperature)
-        ref_logp = None
-        if self.ref is not None and self.s.beta > 0:
-            with torch.no_grad():
-                ref_logp = token_logprobs(_response_logits(self.ref, inputs, where), tokens, self.s.temperature)  # (B, R)
+        with self._autocast():
+            logp, entropy = self._stats(self.model, inputs, where, tokens, mask)  # (B, R), (B, R)
+            if self.s.entropy_coef == 0:
+                entropy = entropy.detach()
+            ref_logp = None
+            if self.ref is not None and self.s.beta > 0:
+                with torch.no_grad():
+                    ref_logp, _ = self._stats(self.ref, inputs, where, tokens, mask)  # (B, R)
         return policy_loss(
             logp, old, adv, mask.float(), clip_low=self.s.clip_low, clip_high=self.s.clip_high,
             ref_logprobs=ref_logp, beta=self.s.beta, agg=self.s.agg, entropy=entropy, entropy_coef=self.s.entropy_coef,
         )
+
+    def _stats(self, model, inputs: dict, where: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor):
+        """Log-probs and entropies (B, R), float32: blocked over the LM head (no (B, R, V)
+        float32 tensor) when `blocked_logits` selects it and the model passes the check."""
+        if self._use_blocks():
+            return response_stats(model, inputs, where, tokens, mask, self.s.temperature)
+        logits = _response_logits(model, inputs, where)  # (B, R, V)
+        return token_logprobs(logits, tokens, self.s.temperature), token_entropy(logits, self.s.temperature)
+
+    def _use_blocks(self) -> bool:
+        if self._blocked is None:
+            self._blocked = use_blocks(self.model, self.s.blocked_logits) and blocked_matches(self.model)
+            if not self._blocked and self.s.blocked_logits == "always":
+                log.warning("%s: blocked log-probs do not match the model's logits; using full logits",
+                            type(self.model).__name__)
+        return self._blocked
+
+    def _autocast(self):
+        """bf16 autocast on CUDA when configured; a no-op context otherwise."""
+        if self.s.bf16_autocast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _layout(self, micro: Sequence[Sequence_], R: int, packed: bool) -> tuple[dict, torch.Tensor]:
         """Model inputs for a micro-batch and, per response token, the flat position predicting it.

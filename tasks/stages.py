@@ -41,6 +41,11 @@ def prepare(cfg: SparkConfig, run_dir: Path) -> dict:
     return prepare_problems(cfg, run_dir)
 
 
+@task(name="warmup", task_run_name="warmup-{k}", retries=1, **_common)
+def warmup(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
+    return iteration.warmup_stage(cfg, run_dir, k)
+
+
 @task(name="rollout", task_run_name="rollout-{phase}-{k}", retries=1, **_common)
 def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return iteration.rollout(cfg, run_dir, k, phase)

@@ -15,7 +15,9 @@ from spark_core.runlock import RunLocked, run_lock
 from spark_core.store import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = "rollout:\n  batch_prompts: 4\n  group_size: 4\neval:\n  problems: 8\n  judge_problems: 4\n  samples: 2\n"
+SMALL = ("rollout:\n  batch_prompts: 4\n  group_size: 4\neval:\n  problems: 8\n  judge_problems: 4\n  samples: 2\n"
+         # the format warm-up too, so the SIGKILL test kills inside it as well
+         "warmup:\n  enabled: true\n  problems: 6\n  judge_prompts: 4\n  samples: 2\n  epochs: 1\n")
 
 
 @pytest.fixture

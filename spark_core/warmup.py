@@ -1,0 +1,167 @@
+"""The format warm-up: bring a base model to the answer format before RL (a cold start).
+
+A pretrained instruct model asked to box its answer often does not (`3 + 54 equals 57.`),
+and asked to judge, answers a bare `No`. GRPO's verifier then scores right answers and
+right verdicts 0, and the judge's accuracy reads as a format failure. Real pipelines start
+RL from a supervised cold start; this one teaches the *format only*, from the model's own
+samples (rejection sampling), and never a verdict from a label:
+
+1. sample `samples` answers to `problems` training problems (the configured solve prompt);
+2. solve examples: answers that are correct (by any extraction rule) and finished on an end
+   token, rewritten so they end in `\\boxed{answer}` when they did not (the model's own
+   reasoning and its own answer, in the format);
+3. judge examples: the answers are recycled by the real rules into judge prompts, the model
+   samples responses to `judge_prompts` of them, and each prompt contributes one response
+   whose verdict can be read leniently (a box, else the last `Yes`/`No`, `A`/`B` it states),
+   rewritten to end in that *same* verdict boxed. Which verdict does not depend on the label,
+   so the pass cannot teach judging, only where the verdict goes. Reflection prompts are
+   treated like solve prompts (correct answers, boxed);
+4. `epochs` passes of token-mean negative log-likelihood (AdamW at `lr`; state not kept);
+5. the parse rates again, on the same prompts with a new seed.
+
+The strict parse rates (a `\\boxed{}` answer; a boxed verdict) before and after go to the
+stage manifest (`warmup/...` in MLflow), the examples to `RUN/warmup/examples.parquet`.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from spark_core.evaluate import verdict_of
+from spark_core.periods import Task, solve_tasks
+from spark_core.problems import Problem
+from spark_core.recycle import Rollout, recycle
+from spark_core.rollout import Sample
+from spark_core.trainer import Sequence_
+from spark_core.verify import extract_answer, verify_response
+
+_OPTIONS = {"Yes": ("Yes", "No"), "No": ("Yes", "No"), "A": ("A", "B"), "B": ("A", "B")}
+_YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
+# A letter verdict: named ("Student B", "option (A)"), bracketed ("(A)", "[B]", "**A**"), or a line
+# of its own ("B."); a sentence starting with the article "A" is none of these.
+_A_B = re.compile(r"(?i:answer|option|candidate|response|student|attempt|choice)\s*\(?([AB])\b"
+                  r"|[(\[]([AB])[)\]]|\*\*([AB])\*\*|(?:^|\n)\s*([AB])\s*[.)]?\s*(?=$|\n)")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One warm-up example: the prompt, the response as sampled, and as trained on."""
+
+    kind: str  # solve | pointwise | pairwise | reflection
+    prompt_id: str
+    prompt: str
+    sampled: str
+    target: str
+    rewritten: bool
+
+
+def lenient_verdict(text: str, label: str) -> str | None:
+    """The verdict a judge response states in any common form, among the options of `label`'s
+    kind (Yes/No or A/B): its last box if that is an option, else the last option it names."""
+    options = _OPTIONS[label]
+    boxed = verdict_of(text)
+    if boxed is not None:
+        return next((o for o in options if o.casefold() == boxed), None)
+    if options[0] == "Yes":
+        found = _YES_NO.findall(text)
+    else:
+        found = [next(g for g in m.groups() if g) for m in _A_B.finditer(text)]
+    if not found:
+        return None
+    last = found[-1]
+    return next(o for o in options if o.casefold() == last.casefold())
+
+
+def boxed_text(response: str, answer: str) -> str:
+    """The response ending in `\\boxed{answer}`: unchanged when its last answer is already boxed."""
+    if extract_answer(response).rule == "boxed":
+        return response
+    return f"{response.rstrip()}\nThe final answer is \\boxed{{{answer}}}."
+
+
+def strict_parsed(task: Task, text: str) -> bool:
+    """Whether a response is in the format the verifier scores: a boxed answer (solve,
+    reflection) or a boxed verdict that is one of the prompt's options (judge)."""
+    if task.kind in ("solve", "reflection"):
+        return extract_answer(text).rule == "boxed"
+    v = verdict_of(text)
+    return v is not None and v in {o.casefold() for o in _OPTIONS.get(task.label, ())}
+
+
+def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random) -> list[Example]:
+    """At most one example per prompt: a correct, finished answer, boxed (rejection sampling)."""
+    out = []
+    for t, g in zip(tasks, groups):
+        ok = []
+        for s in g:
+            v = verify_response(s.text, t.label)
+            if v.correct and s.finish_reason == "stop" and v.extracted is not None:
+                ok.append((s, v.extracted))
+        if ok:
+            s, ans = rng.choice(ok)
+            target = boxed_text(s.text, ans)
+            out.append(Example(t.kind, t.prompt_id, t.prompt, s.text, target, target != s.text))
+    return out
+
+
+def judge_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random) -> list[Example]:
+    """At most one example per judge prompt: a finished response whose own verdict is readable,
+    ending in that verdict boxed (the label is only used to know the options)."""
+    out = []
+    for t, g in zip(tasks, groups):
+        ok = [(s, lenient_verdict(s.text, t.label)) for s in g if s.finish_reason == "stop"]
+        ok = [(s, v) for s, v in ok if v is not None]
+        if ok:
+            s, v = rng.choice(ok)
+            target = boxed_text(s.text, v) if verdict_of(s.text) is None else s.text
+            out.append(Example(t.kind, t.prompt_id, t.prompt, s.text, target, target != s.text))
+    return out
+
+
+def recycled_judge_tasks(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], n: int, seed: int,
+                         template_set: str, judge_input: str) -> list[Task]:
+    """Judge and reflection prompts recycled (real rules) from verified solve samples, about
+    two judge prompts to one reflection prompt, at most `n`."""
+    verified = []
+    for t, g in zip(tasks, groups):
+        rows = []
+        for s in g:
+            v = verify_response(s.text, t.label)
+            rows.append(Rollout(t.prompt_id, t.question, t.label, s.sample_index, s.text, v.extracted, bool(v.correct)))
+        verified.append(rows)
+    made = recycle(verified, seed, template_set, judge_input, salt="warmup", balance_labels=True).rows
+    judge = [r for r in made if r.kind != "reflection"]
+    reflect = [r for r in made if r.kind == "reflection"]
+    n_reflect = min(len(reflect), n // 3)
+    rows = judge[: n - n_reflect] + reflect[:n_reflect]
+    rows += reflect[n_reflect : n_reflect + n - len(rows)]
+    return [Task(r.judge_id, r.kind, r.prompt, r.label) for r in rows]
+
+
+def parse_rates(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]]) -> dict[str, float]:
+    """Strict parse rates per kind group: `solve_boxed`, `judge_parsed`, `reflection_boxed`."""
+    m: dict[str, float] = {}
+    for name, kinds in (("solve_boxed", ("solve",)), ("judge_parsed", ("pointwise", "pairwise")),
+                        ("reflection_boxed", ("reflection",))):
+        flags = [strict_parsed(t, s.text) for t, g in zip(tasks, groups) if t.kind in kinds for s in g]
+        if flags:
+            m[name] = sum(flags) / len(flags)
+    return m
+
+
+def warmup_problems(train: Sequence[Problem], n: int, seed: int) -> list[Problem]:
+    return random.Random(f"{seed}|warmup").sample(list(train), min(n, len(train)))
+
+
+def training_sequences(examples: Sequence[Example], encode, tokenizer, eos_id: int) -> list[Sequence_]:
+    """The examples as trainer sequences: the chat-template prompt ids, the target's ids + end token."""
+    prompt_ids = encode([e.prompt for e in examples])
+    return [Sequence_(p, tokenizer(e.target, add_special_tokens=False)["input_ids"] + [eos_id], [], 0.0)
+            for p, e in zip(prompt_ids, examples)]
+
+
+__all__ = ["Example", "boxed_text", "judge_examples", "lenient_verdict", "parse_rates", "recycled_judge_tasks",
+           "solve_examples", "solve_tasks", "strict_parsed", "training_sequences", "warmup_problems"]

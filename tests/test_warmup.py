@@ -1,0 +1,93 @@
+"""The format warm-up's rules (spark_core/warmup.py) and the solve prompts (spark_core/prompts.py)."""
+
+import random
+
+import pytest
+
+from spark_core.config import PromptsConfig, SparkConfig
+from spark_core.evaluate import JudgeItem, judge_report
+from spark_core.periods import Task, solve_tasks
+from spark_core.problems import Problem
+from spark_core.prompts import SOLVE_PRESETS, solve_prompt
+from spark_core.rollout import Sample
+from spark_core.warmup import boxed_text, judge_examples, lenient_verdict, parse_rates, solve_examples, strict_parsed
+
+
+def _s(text, finish="stop", i=0):
+    return Sample(0, i, text, [1, 2, 3], [0.0] * 3, finish, 5)
+
+
+def test_presets_and_templates():
+    assert solve_prompt("bare", "3+54") == "3+54"
+    assert solve_prompt("step_by_step", "3+54").startswith("3+54\nPlease reason step by step")
+    assert "\\boxed{}" in solve_prompt("concise", "3+54")
+    # a user template: only {question} is replaced, LaTeX braces are left alone
+    assert solve_prompt("Q: {question} \\boxed{}", "1+1") == "Q: 1+1 \\boxed{}"
+    with pytest.raises(ValueError, match="neither a preset"):
+        PromptsConfig(solve="no placeholder here")
+    assert SparkConfig().prompts.solve == "bare" and set(SOLVE_PRESETS) == {"bare", "concise", "step_by_step"}
+    t = solve_tasks([Problem("p1", "3+54", "57")], "concise")[0]
+    assert t.question == "3+54" and t.prompt != t.question and t.label == "57"
+
+
+def test_new_default_fields_keep_the_config_hash():
+    """Runs made before prompts/warmup/blocked logits existed keep their hash (and resume)."""
+    cfg = SparkConfig()
+    assert "prompts" not in cfg.resolved() or cfg.hash() == SparkConfig.model_validate(cfg.resolved()).hash()
+    from spark_core.config import stable_resolved
+
+    data = stable_resolved(cfg)
+    assert "prompts" not in data and "warmup" not in data and "blocked_logits" not in data["train"]
+    changed = SparkConfig.model_validate({"prompts": {"solve": "concise"}})
+    assert "prompts" in stable_resolved(changed) and changed.hash() != cfg.hash()
+
+
+@pytest.mark.parametrize("text,label,want", [
+    ("\\boxed{Yes}", "No", "Yes"),
+    ("No.", "Yes", "No"),
+    ("Yes, 3+54=57 is correct.", "No", "Yes"),
+    ("I think yes... no, it is wrong: No", "Yes", "No"),
+    ("Student B is right.", "A", "B"),
+    ("(A)", "B", "A"),
+    ("The answer is \\boxed{A}", "B", "A"),
+    ("It depends.", "Yes", None),
+    ("A careful check shows nothing.", "A", None),  # an article is not a verdict
+    ("\\boxed{57}", "Yes", None),
+])
+def test_lenient_verdict(text, label, want):
+    assert lenient_verdict(text, label) == want
+
+
+def test_judge_examples_keep_the_models_own_verdict_not_the_label():
+    """A wrong verdict stays wrong: the warm-up teaches where the verdict goes, never which it is."""
+    task = Task("j1", "pointwise", "Is 3+54=57 correct?", "Yes")
+    ex = judge_examples([task], [[_s("No"), _s("No.", i=1)]], random.Random(0))
+    assert len(ex) == 1 and ex[0].target.endswith("\\boxed{No}.") and ex[0].rewritten
+    # unreadable or truncated responses give no example
+    assert judge_examples([task], [[_s("Hmm"), _s("Yes", finish="length")]], random.Random(0)) == []
+
+
+def test_solve_examples_are_correct_finished_and_boxed():
+    task = Task("p1", "solve", "3+54 ...", "57", "3+54")
+    groups = [[_s("3 + 54 equals 57."), _s("It is 58."), _s("3+54=57. \\boxed{57}", finish="length")]]
+    ex = solve_examples([task], groups, random.Random(0))
+    assert [e.target for e in ex] == ["3 + 54 equals 57.\nThe final answer is \\boxed{57}."]
+    assert boxed_text("so \\boxed{57}", "57") == "so \\boxed{57}"
+
+
+def test_strict_parse_rates():
+    solve = Task("p1", "solve", "q", "57", "q")
+    judge = Task("j1", "pointwise", "q", "Yes")
+    groups = [[_s("\\boxed{57}"), _s("57")], [_s("\\boxed{No}"), _s("No"), _s("\\boxed{maybe}")]]
+    assert parse_rates([solve, judge], groups) == {"solve_boxed": 0.5, "judge_parsed": pytest.approx(1 / 3)}
+    assert strict_parsed(Task("j2", "pairwise", "q", "A"), "\\boxed{B}")
+
+
+def test_judge_report_separates_format_failures_from_wrong_verdicts():
+    items = [JudgeItem(f"i{n}", "pointwise", "yes_no", "p", lab, "Yes", "No", lab == "Yes", "s")
+             for n, lab in enumerate(["Yes", "No", "Yes", "No"])]
+    m = judge_report(items, ["yes", None, "no", "no"])
+    assert m["judge_accuracy"] == 0.5  # the unparsed one counts as not right
+    assert m["judge_parse_rate"] == 0.75
+    assert m["judge_accuracy_parsed"] == pytest.approx(2 / 3)
+    assert m["pointwise_parse_rate"] == 0.75
