@@ -255,6 +255,9 @@ def eval_(
     best_of: int = typer.Option(4, "--best-of", help="N for --tts bon."),
     engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the metrics as JSON here."),
+    responses: Optional[Path] = typer.Option(None, "--responses", help="Also write each greedy response (id, question, answer, response) as JSONL."),
+    solve: Optional[str] = typer.Option(None, "--solve", help="Solve prompt for this evaluation: bare | concise | step_by_step | a template with {question} (default: the config's)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest response (default: the config's rollout.max_new_tokens)."),
 ) -> None:
     """Policy accuracy of a checkpoint on a benchmark (held-out data), optionally with test-time scaling."""
     from spark_core.checkpoint import CheckpointError
@@ -262,10 +265,18 @@ def eval_(
     from spark_core.evaluate_file import eval_benchmark
 
     try:
-        m = eval_benchmark(load_config(config), checkpoint, benchmark, tts, limit, samples, best_of, engine)
-    except (InputError, CheckpointError) as e:
+        cfg = load_config(config)
+        over = {}
+        if solve is not None:
+            over["prompts"] = cfg.prompts.model_copy(update={"solve": solve})
+        if max_new_tokens is not None:
+            over["rollout"] = cfg.rollout.model_copy(update={"max_new_tokens": max_new_tokens})
+        cfg = type(cfg).model_validate(cfg.model_copy(update=over).model_dump()) if over else cfg
+        m = eval_benchmark(cfg, checkpoint, benchmark, tts, limit, samples, best_of, engine, responses)
+    except (InputError, CheckpointError, ValueError) as e:
         _fail(str(e))
-    line = f"{m['benchmark']}: {m['problems']} problems, greedy accuracy {_pct(m['policy_accuracy'])}"
+    line = (f"{m['benchmark']}: {m['problems']} problems, greedy accuracy {_pct(m['policy_accuracy'])} "
+            f"(boxed {_pct(m['policy_boxed'])}, no answer {_pct(m['policy_no_answer'])})")
     if samples:
         line += f", mean@{samples} {_pct(m[f'mean_at_{samples}'])}, pass@{samples} {_pct(m[f'pass_at_{samples}'])}"
     if tts == "reflect":
@@ -302,9 +313,10 @@ def judge_eval(
     for err in errors:
         typer.echo(f"skipped {err}", err=True)
     typer.echo(
-        f"{int(m['pointwise_n'])} responses judged ({len(errors)} rows skipped): accuracy {_pct(m['pointwise_accuracy'])}, "
+        f"{int(m['pointwise_n'])} responses judged ({len(errors)} rows skipped): accuracy {_pct(m['pointwise_accuracy'])} "
+        f"(over parsed verdicts {_pct(m['pointwise_accuracy_parsed'])}), parse rate {_pct(m['pointwise_parse_rate'])}, "
         f"precision {_pct(m['precision_correct'])}, recall {_pct(m['recall_correct'])} (of \"correct\"), "
-        f"unparsable {_pct(m['unparsable'])}, AUROC {_pct(m['pointwise_auroc'])}, says Yes {_pct(m['verdict_share_yes'])}"
+        f"AUROC {_pct(m['pointwise_auroc'])}, says Yes {_pct(m['verdict_share_yes'])}"
     )
     if output:
         import pyarrow as pa

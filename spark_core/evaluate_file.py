@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -43,7 +44,9 @@ def benchmark_problems(name: str, cfg: SparkConfig) -> list[Problem]:
 
 
 def eval_benchmark(cfg: SparkConfig, checkpoint: Path, benchmark: str, tts: str = "none", limit: int | None = None,
-                   samples: int = 0, best_of: int = 4, engine: str = "hf") -> dict:
+                   samples: int = 0, best_of: int = 4, engine: str = "hf", responses: Path | None = None) -> dict:
+    """Policy metrics of `checkpoint` on a benchmark; `responses`: also write each problem's greedy
+    response (id, question, answer, response) as JSONL, ready for `spark verify` and `spark judge-eval`."""
     if tts not in ("none", "reflect", "bon"):
         raise InputError(f"--tts must be none, reflect or bon, got {tts!r}")
     problems = benchmark_problems(benchmark, cfg)[:limit]
@@ -52,6 +55,11 @@ def eval_benchmark(cfg: SparkConfig, checkpoint: Path, benchmark: str, tts: str 
     solve = cfg.prompts.solve
     try:
         m, answers = policy_metrics(eng, problems, samples, r.max_new_tokens, cfg.seed, solve)
+        if responses is not None:
+            from spark_core.store import atomic_write_bytes
+
+            rows = [{"id": p.id, "question": p.question, "answer": p.answer, "response": a} for p, a in zip(problems, answers)]
+            atomic_write_bytes(Path(responses), "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows).encode())
         if tts == "reflect":
             m |= tts_reflect(eng, problems, answers, ts, r.max_new_tokens, r.judge_max_new_tokens)[0]
         elif tts == "bon":

@@ -622,6 +622,11 @@ def summary_line(k: int, m: dict) -> str:
     def f(key: str) -> str:
         return f"{m[key]:.3f}" if key in m else "-"
 
-    return (f"iteration {k}: solve {f('policy/solve_accuracy')} (held-out greedy {f('eval/policy_accuracy')}), "
+    line = (f"iteration {k}: solve {f('policy/solve_accuracy')} (held-out greedy {f('eval/policy_accuracy')}), "
             f"judge pointwise {f('reward/pointwise_accuracy')} pairwise {f('reward/pairwise_accuracy')} "
-            f"(held-out {f('eval/judge_accuracy')}), reflection {f('reward/reflection_accuracy')}")
+            f"(held-out {f('eval/judge_accuracy')}), reflection {f('reward/reflection_accuracy')}; "
+            f"format: policy boxed {f('policy/boxed_share')}, verdicts parsed {f('reward/verdict_parse_rate')}")
+    if "warmup/solve_boxed_before" in m:
+        line += (f" (warm-up: boxed {f('warmup/solve_boxed_before')} -> {f('warmup/solve_boxed_after')}, "
+                 f"verdicts {f('warmup/judge_parsed_before')} -> {f('warmup/judge_parsed_after')})")
+    return line

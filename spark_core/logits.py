@@ -63,10 +63,10 @@ def hidden_states(model, inputs: dict) -> Tensor:
 
 def _block_stats(head, h: Tensor, tgt: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
     """(n, H), (n,) -> log p(tgt) (n,) and entropy (n,), both float32, under softmax(head(h) / T)."""
-    z = head(h).float() / temperature  # (n, V)
-    lse = torch.logsumexp(z, dim=-1)  # (n,)
-    picked = z.gather(-1, tgt[:, None]).squeeze(-1) - lse  # (n,)
-    logp = z - lse[:, None]  # (n, V)
+    # log_softmax (max subtracted before the sum) rounds like the direct path's token_entropy;
+    # z - logsumexp(z) differs from it by ~1e-4 in the entropy at V = 151,936.
+    logp = torch.log_softmax(head(h).float() / temperature, dim=-1)  # (n, V)
+    picked = logp.gather(-1, tgt[:, None]).squeeze(-1)  # (n,)
     p = logp.exp()
     ent = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # (n,)
     return picked, ent

@@ -103,7 +103,10 @@ class Trainer:
                 p.requires_grad_(False)
         self.s = settings
         self.pad_id = pad_id
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        # foreach: the multi-tensor update, also on the CPU (torch's CPU default is one tensor at a
+        # time): 2.6 s instead of 4.4 s a step for a 630M-parameter model on 2 cores.
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0,
+                                     foreach=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(settings))
         self.step = 0
         self._packing_ok: bool | None = None
@@ -155,6 +158,7 @@ class Trainer:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 self.sched.step()
+            log.info("%s step %d: loss %.4f, %d tokens, %.1fs", phase, self.step, nll, total, time.monotonic() - t0)
             rows.append(dict(phase=phase, step=self.step, loss=nll, grad_norm=float(grad_norm), lr=self.sched.get_last_lr()[0],
                              tokens=total, seconds=time.monotonic() - t0, skipped=not finite))
             self.step += 1

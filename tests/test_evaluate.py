@@ -195,10 +195,33 @@ def test_eval_and_judge_eval_cli(tmp_path):
     out = tmp_path / "judged.parquet"
     r = CliRunner().invoke(app, ["judge-eval", str(data), "--checkpoint", model, "-o", str(out)])
     assert r.exit_code == 0, r.output
-    assert "2 responses judged (3 rows skipped)" in r.output and "unparsable" in r.output and "AUROC" in r.output
+    assert "2 responses judged (3 rows skipped)" in r.output and "parse rate" in r.output and "AUROC" in r.output
     assert ":3: field 'correct' is 'maybe'" in r.output and ":4:" in r.output and ":5:" in r.output
     import pyarrow.parquet as pq
 
     assert pq.read_table(out).num_rows == 2
     r = CliRunner().invoke(app, ["judge-eval", str(data), "--checkpoint", model, "--label-field", "ok"])
     assert r.exit_code == 2 and "no field 'ok'" in r.output
+
+
+def test_eval_responses_verify_then_judge_eval(tmp_path):
+    """The user's path to a labelled judge set: `spark eval --responses`, `spark verify -o`,
+    `spark judge-eval` on the verified file (label field `correct`)."""
+    from typer.testing import CliRunner
+
+    from spark_core.cli import app
+
+    model = str(ROOT / "data" / "tiny-model")
+    resp, labelled = tmp_path / "responses.jsonl", tmp_path / "labelled.parquet"
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "--limit", "6", "--responses", str(resp),
+                                 "--solve", "bare", "--max-new-tokens", "24"])
+    assert r.exit_code == 0, r.output
+    assert "boxed" in r.output and len(resp.read_text().splitlines()) == 6
+    r = CliRunner().invoke(app, ["verify", str(resp), "--response-field", "response", "--reference-field", "answer",
+                                 "-o", str(labelled)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["judge-eval", str(labelled), "--checkpoint", model, "--label-field", "correct"])
+    assert r.exit_code == 0, r.output
+    assert "6 responses judged" in r.output and "parse rate" in r.output
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "--solve", "no placeholder"])
+    assert r.exit_code == 2 and "neither a preset" in r.output

@@ -58,14 +58,17 @@ def test_blocked_gradients_equal_direct(qwen_shaped):
     inputs, where, tokens, mask = _inputs(seed=1)
     a, b = copy.deepcopy(qwen_shaped).train(), copy.deepcopy(qwen_shaped).train()
     logits = a(**inputs).logits.reshape(-1, VOCAB)[where]
-    loss_a = -(token_logprobs(logits, tokens) * mask).sum() + (token_entropy(logits) * mask).sum() * 0.1
+    n = mask.sum()
+    loss_a = (-(token_logprobs(logits, tokens) * mask).sum() + (token_entropy(logits) * mask).sum() * 0.1) / n
     loss_a.backward()
     lp, ent = response_stats(b, inputs, where, tokens, mask, block=5)
-    loss_b = -(lp * mask).sum() + (ent * mask).sum() * 0.1
+    loss_b = (-(lp * mask).sum() + (ent * mask).sum() * 0.1) / n
     loss_b.backward()
-    assert abs(loss_a.item() - loss_b.item()) < 1e-4
+    assert abs(loss_a.item() - loss_b.item()) < 1e-5
     for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
-        assert torch.allclose(pa.grad, pb.grad, atol=1e-5, rtol=1e-4), name
+        # float32 sums over 151,936 logits in another order: equal to a relative 1e-4 of the largest entry
+        scale = pa.grad.abs().max().item()
+        assert (pa.grad - pb.grad).abs().max().item() <= 1e-4 * scale + 1e-7, name
 
 
 def test_gathered_stats_rejects_bad_temperature_and_handles_empty(qwen_shaped):

@@ -95,6 +95,24 @@ def test_blocked_logprobs_equal_direct_on_the_real_model(engine):
     assert torch.allclose(ent, token_entropy(logits), atol=1e-5)
 
 
+def test_verdict_logodds_without_full_vocabulary_logits(engine):
+    """The evaluate stage's verdict log-odds (blocked: only the label's positions) equal a full forward."""
+    from spark_core.evaluate import verdict_logodds
+
+    prompt, response = "Is 3+54=57 correct? Answer in \\boxed{}.", "3+54=57, so \\boxed{Yes}"
+    (odds,) = verdict_logodds(engine, [prompt], [response], ["Yes"], ["No"])
+    tok, model = engine.tokenizer, engine.model
+    prefix = engine.encode([prompt])[0] + tok(response[: response.rfind("{") + 1], add_special_tokens=False)["input_ids"]
+
+    def logp(label):
+        cont = tok(label + "}", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            lp = model(input_ids=torch.tensor([prefix + cont])).logits[0].float().log_softmax(-1)
+        return sum(lp[len(prefix) - 1 + i, t].item() for i, t in enumerate(cont))
+
+    assert odds == pytest.approx(logp("Yes") - logp("No"), abs=1e-4)
+
+
 MICRO = """
 seed: 0
 problems: {source: synthetic, n_train: 200, n_held_out: 20}
