@@ -62,10 +62,13 @@ def hidden_states(model, inputs: dict) -> Tensor:
 
 
 def _block_stats(head, h: Tensor, tgt: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
-    """(n, H), (n,) -> log p(tgt) (n,) and entropy (n,), both float32, under softmax(head(h) / T)."""
+    """(n, H), (n,) -> log p(tgt) (n,) and entropy (n,), float32 (float64 for a float64 model),
+    under softmax(head(h) / T)."""
     # log_softmax (max subtracted before the sum) rounds like the direct path's token_entropy;
     # z - logsumexp(z) differs from it by ~1e-4 in the entropy at V = 151,936.
-    logp = torch.log_softmax(head(h).float() / temperature, dim=-1)  # (n, V)
+    z = head(h)
+    z = z if z.dtype == torch.float64 else z.float()  # float32 at least (float64 kept: the tests' reference)
+    logp = torch.log_softmax(z / temperature, dim=-1)  # (n, V)
     picked = logp.gather(-1, tgt[:, None]).squeeze(-1)  # (n,)
     p = logp.exp()
     ent = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # (n,)
@@ -105,8 +108,8 @@ def response_stats(model, inputs: dict, where: Tensor, tokens: Tensor, mask: Ten
     m = mask.bool()
     _, head = head_parts(model)
     lp, ent = gathered_stats(head, flat[where[m]], tokens[m], temperature, block)  # (N,), (N,)
-    out_lp = torch.zeros(tokens.shape, dtype=torch.float32, device=lp.device).masked_scatter(m, lp)
-    out_ent = torch.zeros(tokens.shape, dtype=torch.float32, device=lp.device).masked_scatter(m, ent)
+    out_lp = torch.zeros(tokens.shape, dtype=lp.dtype, device=lp.device).masked_scatter(m, lp)
+    out_ent = torch.zeros(tokens.shape, dtype=ent.dtype, device=lp.device).masked_scatter(m, ent)
     return out_lp, out_ent
 
 

@@ -130,10 +130,10 @@ def period_metrics(rows: list[dict], tasks: Sequence[Task], groups_of: list[int]
     m["response_tokens_mean"] = sum(r["response_tokens"] for r in rows) / max(1, len(rows))
     m["truncated"] = sum(r["finish_reason"] == "length" for r in rows) / max(1, len(rows))
     # The format: answers in the box the verifier reads first, verdicts that are a boxed option.
-    m["boxed_share"] = sum(r["rule"] == "boxed" for r in rows) / max(1, len(rows))
+    m["boxed_share"] = sum(r.get("rule") == "boxed" for r in rows) / max(1, len(rows))
     verdicts = [(r, normalize_label(r["extracted"] or "")) for r in rows if r["kind"] in ("pointwise", "pairwise")]
     if verdicts:
-        m["verdict_parse_rate"] = sum(r["rule"] == "boxed" and v in (("yes", "no") if r["label"] in ("Yes", "No") else ("a", "b"))
+        m["verdict_parse_rate"] = sum(r.get("rule") == "boxed" and v in (("yes", "no") if r["label"] in ("Yes", "No") else ("a", "b"))
                                       for r, v in verdicts) / len(verdicts)
         yn = [v for r, v in verdicts if r["label"] in ("Yes", "No")]
         ab = [v for r, v in verdicts if r["label"] in ("A", "B")]
