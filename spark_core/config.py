@@ -250,6 +250,11 @@ class SparkMethodConfig(_Section):
     """Entropy bonus of the reward period (a collapse safeguard)."""
     reward_clip_high: float | None = None
     """Upper clip for the reward period (None: train.clip_high)."""
+    label_weighting: Literal["none", "inv_sqrt_ema"] = "none"
+    """Judge samples' advantages times 1/sqrt(their label's moving-average share), normalised per
+    label family (RL Tango; spark_core/judge_reward.py); `none`: unweighted."""
+    label_ema_decay: float = Field(0.9, ge=0, lt=1)
+    """Decay of the label shares' moving average across iterations (state kept in the run)."""
 
 
 class EvalConfig(_Section):
@@ -308,7 +313,8 @@ class SparkConfig(_Section):
 
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
-_LATE_FIELDS = {"prompts": None, "warmup": None, "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast")}
+_LATE_FIELDS = {"prompts": None, "warmup": None, "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast"),
+                "spark": ("label_weighting", "label_ema_decay")}
 
 
 def stable_resolved(cfg: "SparkConfig") -> dict:

@@ -110,14 +110,16 @@ def sample_groups(engine: Engine, problems: Sequence[Problem], samples: int, max
     `solve`: the solve prompt (a `prompts.solve` preset or template)."""
     groups = engine.generate([solve_prompt(solve, p.question) for p in problems],
                              SamplingSpec(samples, 1.0, 1.0, max_new_tokens, seed=seed))
-    out = []
-    for p, g in zip(problems, groups):
-        rows = []
-        for s in g:
-            v = verify_response(s.text, p.answer)
-            rows.append(Rollout(p.id, p.question, p.answer, s.sample_index, s.text, v.extracted, bool(v.correct)))
-        out.append(rows)
-    return out
+    return [verified_group(p.id, p.question, p.answer, g) for p, g in zip(problems, groups)]
+
+
+def verified_group(prompt_id: str, question: str, reference: str, samples) -> list[Rollout]:
+    """One problem's sampled answers, verified against its reference, as recycling Rollouts."""
+    rows = []
+    for s in samples:
+        v = verify_response(s.text, reference)
+        rows.append(Rollout(prompt_id, question, reference, s.sample_index, s.text, v.extracted, bool(v.correct)))
+    return rows
 
 
 # --------------------------------------------------------------------------- metrics (pure)

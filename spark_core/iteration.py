@@ -27,6 +27,7 @@ The Prefect tasks in tasks/ call these functions one to one; nothing here import
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,7 +54,7 @@ from spark_core.periods import Task, groups_for_recycling, judge_tasks, period_m
 from spark_core.problems import Problem
 from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_cache
 from spark_core.records import InputError
-from spark_core import warmup
+from spark_core import judge_reward, warmup
 from spark_core.rollout import Sample, SamplingSpec, encode_prompts, make_engine, pick_device
 from spark_core.store import (
     atomic_write_bytes, atomic_write_parquet, clean_staging, part_path, read_manifest, read_table, stage_complete,
@@ -282,11 +283,34 @@ def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     def body() -> dict:
         tasks, groups = read_samples(samples_path(run_dir, k, phase))
         rows, group_ids, unjudged = score(tasks, groups, phase, cfg.train.advantage, run=run_dir.name)
+        extra: dict = {}
+        metrics: dict = {}
+        if phase == "reward":
+            var = judge_reward.group_reward_variance(rows, group_ids)
+            if var is not None:
+                metrics["judge_group_reward_variance"] = var
+            if cfg.spark.label_weighting == "inv_sqrt_ema":
+                extra["label_ema"], weights, monitors = _label_weighting(cfg, run_dir, k, rows)
+                metrics |= monitors | {f"label_ema_{a}": b for a, b in extra["label_ema"].items()} | {
+                    f"label_weight_{a}": b for a, b in weights.items()}
         path = write_table(run_dir, "rollouts", rows, iteration=k, part=phase)
-        metrics = period_metrics(rows, tasks, groups_of=group_ids) | {"unjudged": unjudged}
-        return dict(outputs={"rollouts": path}, rows={"rollouts": len(rows)}, metrics=metrics)
+        metrics = period_metrics(rows, tasks, groups_of=group_ids) | {"unjudged": unjudged} | metrics
+        return dict(outputs={"rollouts": path}, rows={"rollouts": len(rows)}, metrics=metrics, **extra)
 
     return _run_stage(cfg, run_dir, f"verify_{phase}", k, iteration_hash(cfg), body)
+
+
+def _label_weighting(cfg: SparkConfig, run_dir: Path, k: int, rows: list[dict]) -> tuple[dict, dict, dict]:
+    """(moving-average label shares after iteration k, the label weights, monitors), weighting the
+    judge rows' advantages in place. The average continues the one in iteration k-1's
+    `verify_reward` manifest, so a resumed run carries the same state."""
+    prev = read_manifest(run_dir, "verify_reward", k - 1) if k > 0 else None
+    ema = judge_reward.update_ema((prev or {}).get("label_ema"),
+                                  judge_reward.label_shares(r["label"] for r in rows if r["kind"] in ("pointwise", "pairwise")),
+                                  cfg.spark.label_ema_decay)
+    weights = judge_reward.label_weights(ema)
+    monitors = judge_reward.weight_advantages(rows, weights)
+    return ema, weights, monitors
 
 
 def _replace_dir(out: Path, write: Callable[[Path], None]) -> None:
@@ -418,8 +442,8 @@ def warmup_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
             random.Random(f"{cfg.seed}|warmup-epoch|{epoch}").shuffle(order)
             updates += trainer.sft_period([seqs[i] for i in order])
         out = warmup_dir(run_dir)
-        _replace_dir(out, lambda tmp: save_checkpoint(model.cpu(), tok, tmp))
-        del model, trainer
+        _replace_dir(out, functools.partial(save_checkpoint, model.cpu(), tok))
+        del model, trainer  # free the weights and optimizer state before the check loads the checkpoint
         check_spec = SamplingSpec(w.check_samples, r.temperature, r.top_p, r.max_new_tokens, seed=seed + 2)
         with open_engine(cfg, out, seed + 2) as engine:
             after_groups = engine.generate([t.prompt for t in tasks], check_spec)

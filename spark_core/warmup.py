@@ -30,10 +30,10 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from spark_core.evaluate import verdict_of
+from spark_core.evaluate import verdict_of, verified_group
 from spark_core.periods import Task, solve_tasks
 from spark_core.problems import Problem
-from spark_core.recycle import Rollout, recycle
+from spark_core.recycle import recycle
 from spark_core.rollout import Sample
 from spark_core.trainer import Sequence_
 from spark_core.verify import extract_answer, verify_response
@@ -125,13 +125,7 @@ def recycled_judge_tasks(tasks: Sequence[Task], groups: Sequence[Sequence[Sample
                          template_set: str, judge_input: str) -> list[Task]:
     """Judge and reflection prompts recycled (real rules) from verified solve samples, about
     two judge prompts to one reflection prompt, at most `n`."""
-    verified = []
-    for t, g in zip(tasks, groups):
-        rows = []
-        for s in g:
-            v = verify_response(s.text, t.label)
-            rows.append(Rollout(t.prompt_id, t.question, t.label, s.sample_index, s.text, v.extracted, bool(v.correct)))
-        verified.append(rows)
+    verified = [verified_group(t.prompt_id, t.question, t.label, g) for t, g in zip(tasks, groups)]
     made = recycle(verified, seed, template_set, judge_input, salt="warmup", balance_labels=True).rows
     judge = [r for r in made if r.kind != "reflection"]
     reflect = [r for r in made if r.kind == "reflection"]

@@ -8,7 +8,7 @@ import torch
 
 from spark_core.config import load_config
 from spark_core.evaluate import (
-    JudgeItem, auroc, build_judge_set, judge_report, run_judge_set, tts_best_of_n, tts_reflect, verdict_logodds,
+    auroc, build_judge_set, judge_report, run_judge_set, tts_best_of_n, tts_reflect, verdict_logodds,
     verdict_of,
 )
 from spark_core.problems import Problem
