@@ -55,7 +55,8 @@ def main() -> None:
         t = time.monotonic()
         res = fn()
         out[f"{name}_seconds"] = round(time.monotonic() - t, 1)
-        print(name, json.dumps(res if isinstance(res, dict) else {}, default=str), flush=True)
+        shown = res[0] if isinstance(res, tuple) else res  # policy_metrics and run_judge_set return (metrics, rows)
+        print(name, f"{out[f'{name}_seconds']}s", json.dumps(shown, default=str) if isinstance(shown, dict) else "", flush=True)
         return res
 
     if a.gsm8k:

@@ -27,7 +27,7 @@ from typing import Sequence
 
 import torch
 
-from spark_core.logits import gathered_stats, hidden_states, use_blocks
+from spark_core.logits import blocked_matches, gathered_stats, hidden_states, use_blocks
 from spark_core.problems import Problem
 from spark_core.prompts import solve_prompt
 from spark_core.recycle import Rollout
@@ -235,6 +235,10 @@ def verdict_logodds(engine, prompts: Sequence[str], responses: Sequence[str], po
     device = next(model.parameters()).device
     limit = getattr(model.config, "max_position_embeddings", None) or 10**9
     logps: list[float | None] = []
+    # Only the label's few positions are needed: their log-softmax from the hidden states
+    # (spark_core/logits.py), never a full (batch, width, vocabulary) float32 tensor; decided
+    # once per call, with the same check of the head against the model's logits as the trainer's.
+    blocked = use_blocks(model, "auto") and blocked_matches(model)
     was_training = model.training
     model.eval()
     try:
@@ -244,9 +248,6 @@ def verdict_logodds(engine, prompts: Sequence[str], responses: Sequence[str], po
             pad = tok.pad_token_id if tok.pad_token_id is not None else 0
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in chunk], device=device)
             mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in chunk], device=device)
-            # Only the label's few positions are needed: their log-softmax from the hidden states
-            # (spark_core/logits.py), never a full (batch, width, vocabulary) float32 tensor.
-            blocked = use_blocks(model, "auto")
             out = hidden_states(model, {"input_ids": ids, "attention_mask": mask}) if blocked else \
                 model(input_ids=ids, attention_mask=mask).logits
             for r, (s, (start, n)) in enumerate(zip(chunk, spans[b : b + batch])):

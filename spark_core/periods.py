@@ -26,6 +26,7 @@ import torch
 from spark_core.grpo import advantage_fn
 from spark_core.prompts import solve_prompt
 from spark_core.recycle import JudgeRow, Rollout
+from spark_core.templates import verdict_options
 from spark_core.rollout import Engine, Sample, SamplingSpec
 from spark_core.trainer import Sequence_, Trainer
 from spark_core.verify import DEFAULT_TIMEOUT_S, normalize_label, verify_response
@@ -133,7 +134,7 @@ def period_metrics(rows: list[dict], tasks: Sequence[Task], groups_of: list[int]
     m["boxed_share"] = sum(r.get("rule") == "boxed" for r in rows) / max(1, len(rows))
     verdicts = [(r, normalize_label(r["extracted"] or "")) for r in rows if r["kind"] in ("pointwise", "pairwise")]
     if verdicts:
-        m["verdict_parse_rate"] = sum(r.get("rule") == "boxed" and v in (("yes", "no") if r["label"] in ("Yes", "No") else ("a", "b"))
+        m["verdict_parse_rate"] = sum(r.get("rule") == "boxed" and v in {o.casefold() for o in verdict_options(r["label"])}
                                       for r, v in verdicts) / len(verdicts)
         yn = [v for r, v in verdicts if r["label"] in ("Yes", "No")]
         ab = [v for r, v in verdicts if r["label"] in ("A", "B")]

@@ -124,6 +124,11 @@ def pointwise_label(correct: bool, wording: str) -> str:
     return "A" if correct else "B"
 
 
+def verdict_options(label: str) -> tuple[str, str]:
+    """The two verdicts a judge prompt with this label offers: (Yes, No) or (A, B)."""
+    return ("Yes", "No") if label in ("Yes", "No") else ("A", "B")
+
+
 def candidate_text(response: str, answer: str | None, judge_input: str) -> str:
     """What the judge is shown of a rollout: its extracted answer (the authors' code), its full
     chain of thought, or both (the paper's best ablation)."""

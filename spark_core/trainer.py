@@ -33,6 +33,7 @@ from spark_core.logits import blocked_matches, response_stats, use_blocks
 log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer_state.pt"  # optimizer, scheduler and step, beside the weights
+_GRPO_METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high")  # per `updates` row
 
 
 @dataclass(frozen=True)
@@ -135,59 +136,27 @@ class Trainer:
 
     def sft_period(self, batch: Sequence[Sequence_], phase: str = "warmup") -> list[dict]:
         """Supervised steps on `batch` (token-mean negative log-likelihood of the responses; the
-        advantages and old log-probs are ignored); one `updates`-shaped row per optimizer step."""
+        advantages and old log-probs are ignored), through the same optimizer step as GRPO; one
+        row per optimizer step, with `loss` its only metric."""
         self.model.train()
-        rows = []
-        for start in range(0, len(batch), self.s.mini_batch_size):
-            mini = batch[start : start + self.s.mini_batch_size]
-            t0 = time.monotonic()
-            total = sum(len(x.response_ids) for x in mini)
-            self.opt.zero_grad(set_to_none=True)
-            nll = 0.0
-            for m in range(0, len(mini), self.s.micro_batch_size):
-                micro = mini[m : m + self.s.micro_batch_size]
-                logp, mask = self._micro_logprobs(micro)
-                loss = -(logp * mask).sum() / max(1, total)  # token mean over the mini-batch
-                loss.backward()
-                nll += float(loss.detach())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm)
-            finite = bool(torch.isfinite(grad_norm)) and math.isfinite(nll)
-            if finite:
-                self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                self.sched.step()
-            log.info("%s step %d: loss %.4f, %d tokens, %.1fs", phase, self.step, nll, total, time.monotonic() - t0)
-            rows.append(dict(phase=phase, step=self.step, loss=nll, grad_norm=float(grad_norm), lr=self.sched.get_last_lr()[0],
-                             tokens=total, seconds=time.monotonic() - t0, skipped=not finite))
-            self.step += 1
-        return rows
+        mb = self.s.mini_batch_size
+        return [self._optimizer_step(batch[i : i + mb], phase, 1.0, self._micro_nll, ("loss",))
+                for i in range(0, len(batch), mb)]
 
-    def _micro_logprobs(self, micro: Sequence[Sequence_]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log-probs (B, R) of the response tokens under the model, float mask (B, R))."""
-        B, R = len(micro), max(len(x.response_ids) for x in micro)
-        tokens = torch.full((B, R), self.pad_id, dtype=torch.long)  # (B, R)
-        mask = torch.zeros((B, R), dtype=torch.bool)  # (B, R)
-        for i, x in enumerate(micro):
-            tokens[i, : len(x.response_ids)] = torch.tensor(x.response_ids)
-            mask[i, : len(x.response_ids)] = True
-        inputs, where = self._layout(micro, R, packed=self._use_packing())
-        tokens, mask, where = tokens.to(self.device), mask.to(self.device), where.to(self.device)
-        with self._autocast():
-            logp, _ = self._stats(self.model, inputs, where, tokens, mask)
-        return logp, mask.float()
-
-    def _optimizer_step(self, mini: Sequence[Sequence_], phase: str, lr_scale: float) -> dict:
+    def _optimizer_step(self, mini: Sequence[Sequence_], phase: str, lr_scale: float, micro_loss=None,
+                        keys: tuple[str, ...] = _GRPO_METRICS) -> dict:
+        """One optimizer step over `mini`: `micro_loss` (default: the GRPO loss) per micro-batch,
+        token-weighted; `keys` are the metrics its row carries."""
+        micro_loss = micro_loss or self._micro_loss
         t0 = time.monotonic()
         total_tokens = sum(len(x.response_ids) for x in mini)
         self.opt.zero_grad(set_to_none=True)
-        sums = {k: 0.0 for k in ("loss", "policy_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high")}
+        sums = {k: 0.0 for k in keys}
         finite = True
         for m in range(0, len(mini), self.s.micro_batch_size):
             micro = mini[m : m + self.s.micro_batch_size]
             weight = sum(len(x.response_ids) for x in micro) / max(1, total_tokens)
-            loss, metrics = self._micro_loss(micro)
+            loss, metrics = micro_loss(micro)
             if not torch.isfinite(loss):
                 finite = False
                 break
@@ -210,23 +179,39 @@ class Trainer:
         row = dict(phase=phase, step=self.step, **{k: float(v) if finite else float("nan") for k, v in sums.items()},
                    grad_norm=float(grad_norm), lr=base_lr * lr_scale, tokens=total_tokens,
                    seconds=time.monotonic() - t0, skipped=not finite)
+        log.info("%s step %d: loss %.4f, %d tokens, %.1fs", phase, self.step, row["loss"], total_tokens, row["seconds"])
         self.step += 1
         return row
 
-    def _micro_loss(self, micro: Sequence[Sequence_]):
-        """Loss and metrics of one micro-batch: token-mean over its response tokens."""
+    def _response_batch(self, micro: Sequence[Sequence_]):
+        """A micro-batch on the device: response tokens (B, R), their mask (B, R), the model
+        inputs and, per response token, the flat position predicting it (B, R)."""
         B, R = len(micro), max(len(x.response_ids) for x in micro)
         tokens = torch.full((B, R), self.pad_id, dtype=torch.long)  # (B, R)
         mask = torch.zeros((B, R), dtype=torch.bool)  # (B, R)
-        old = torch.zeros((B, R))  # (B, R)
         for i, x in enumerate(micro):
-            r = len(x.response_ids)
-            tokens[i, :r] = torch.tensor(x.response_ids)
-            mask[i, :r] = True
-            old[i, :r] = torch.tensor(x.old_logprobs, dtype=torch.float32)
-        adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32)  # (B,)
+            tokens[i, : len(x.response_ids)] = torch.tensor(x.response_ids)
+            mask[i, : len(x.response_ids)] = True
         inputs, where = self._layout(micro, R, packed=self._use_packing())
-        tokens, mask, old, adv, where = (t.to(self.device) for t in (tokens, mask, old, adv, where))
+        return tokens.to(self.device), mask.to(self.device), inputs, where.to(self.device)
+
+    def _micro_nll(self, micro: Sequence[Sequence_]):
+        """Token-mean negative log-likelihood of one micro-batch's responses (the SFT loss)."""
+        tokens, mask, inputs, where = self._response_batch(micro)
+        with self._autocast():
+            logp, _ = self._stats(self.model, inputs, where, tokens, mask)  # (B, R)
+        loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
+        return loss, {"loss": float(loss.detach())}
+
+    def _micro_loss(self, micro: Sequence[Sequence_]):
+        """Loss and metrics of one micro-batch: token-mean over its response tokens."""
+        tokens, mask, inputs, where = self._response_batch(micro)
+        R = tokens.shape[1]
+        old = torch.zeros((len(micro), R))  # (B, R)
+        for i, x in enumerate(micro):
+            old[i, : len(x.response_ids)] = torch.tensor(x.old_logprobs, dtype=torch.float32)
+        old = old.to(self.device)
+        adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32, device=self.device)  # (B,)
         with self._autocast():
             logp, entropy = self._stats(self.model, inputs, where, tokens, mask)  # (B, R), (B, R)
             if self.s.entropy_coef == 0:

@@ -35,10 +35,10 @@ from spark_core.periods import Task, solve_tasks
 from spark_core.problems import Problem
 from spark_core.recycle import recycle
 from spark_core.rollout import Sample
+from spark_core.templates import verdict_options
 from spark_core.trainer import Sequence_
 from spark_core.verify import extract_answer, verify_response
 
-_OPTIONS = {"Yes": ("Yes", "No"), "No": ("Yes", "No"), "A": ("A", "B"), "B": ("A", "B")}
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 # A letter verdict: named ("Student B", "option (A)"), bracketed ("(A)", "[B]", "**A**"), or a line
 # of its own ("B."); a sentence starting with the article "A" is none of these.
@@ -61,7 +61,7 @@ class Example:
 def lenient_verdict(text: str, label: str) -> str | None:
     """The verdict a judge response states in any common form, among the options of `label`'s
     kind (Yes/No or A/B): its last box if that is an option, else the last option it names."""
-    options = _OPTIONS[label]
+    options = verdict_options(label)
     boxed = verdict_of(text)
     if boxed is not None:
         return next((o for o in options if o.casefold() == boxed), None)
@@ -88,7 +88,7 @@ def strict_parsed(task: Task, text: str) -> bool:
     if task.kind in ("solve", "reflection"):
         return extract_answer(text).rule == "boxed"
     v = verdict_of(text)
-    return v is not None and v in {o.casefold() for o in _OPTIONS.get(task.label, ())}
+    return v is not None and v in {o.casefold() for o in verdict_options(task.label)}
 
 
 def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random) -> list[Example]:
