@@ -255,6 +255,9 @@ class SparkMethodConfig(_Section):
     label family (RL Tango; spark_core/judge_reward.py); `none`: unweighted."""
     label_ema_decay: float = Field(0.9, ge=0, lt=1)
     """Decay of the label shares' moving average across iterations (state kept in the run)."""
+    judge_reward: Literal["hard", "expected"] = "hard"
+    """Judge samples' reward: the verifier's 0/1 (`hard`) or, for the tokens before the verdict, the
+    model's probability of the right verdict after its own trace (`expected`; spark_core/judge_reward.py)."""
 
 
 class EvalConfig(_Section):
@@ -314,7 +317,7 @@ class SparkConfig(_Section):
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
 _LATE_FIELDS = {"prompts": None, "warmup": None, "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast"),
-                "spark": ("label_weighting", "label_ema_decay")}
+                "spark": ("label_weighting", "label_ema_decay", "judge_reward")}
 
 
 def stable_resolved(cfg: "SparkConfig") -> dict:

@@ -156,7 +156,7 @@ def policy_loss(
     """Clipped GRPO surrogate + beta * k3 KL - entropy_coef * entropy -> (loss, metrics).
 
     Shapes: logprobs, old_logprobs, mask, ref_logprobs, entropy (B, T); advantages (B,),
-    broadcast over each sequence's tokens. Per token, ratio = exp(logp - old_logp) and
+    broadcast over each sequence's tokens, or (B, T) per token (`judge_reward: expected`). Per token, ratio = exp(logp - old_logp) and
     pg = -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A); `clip_high` >
     `clip_low` is DAPO's clip-higher (arXiv 2503.14476). The KL is in the loss (the paper:
     k3, beta 0.001); with `ref_logprobs` None or beta 0 there is no KL term and kl reports 0.
@@ -167,10 +167,11 @@ def policy_loss(
     low clip is active), clip_frac_high (A > 0 and ratio > 1 + clip_high); `entropy` only
     when an entropy tensor is given (absent otherwise, so no NaN reaches the logger).
     """
-    if logprobs.dim() != 2 or advantages.shape != logprobs.shape[:1]:
-        raise ValueError(f"need logprobs (B, T) and advantages (B,), got {tuple(logprobs.shape)} "
+    if logprobs.dim() != 2 or advantages.shape not in (logprobs.shape[:1], logprobs.shape):
+        raise ValueError(f"need logprobs (B, T) and advantages (B,) or (B, T), got {tuple(logprobs.shape)} "
                          f"and {tuple(advantages.shape)}")
-    A = advantages.detach().unsqueeze(-1)  # (B, 1)
+    A = advantages.detach()
+    A = A.unsqueeze(-1) if A.dim() == 1 else A  # (B, 1) or (B, T)
     log_ratio = (logprobs - old_logprobs.detach()).clamp(-_LOG_RATIO_CLAMP, _LOG_RATIO_CLAMP)  # (B, T)
     ratio = torch.exp(log_ratio)  # (B, T)
     surr = ratio * A  # (B, T)

@@ -61,6 +61,7 @@ from spark_core.store import (
     staging_dir, write_manifest, write_table,
 )
 from spark_core.trainer import TRAINER_STATE, Trainer, TrainSettings, settings_from_config
+from spark_core.verdict_prob import right_verdict_probability
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,8 @@ def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
             var = judge_reward.group_reward_variance(rows, group_ids)
             if var is not None:
                 metrics["judge_group_reward_variance"] = var
+            if cfg.spark.judge_reward == "expected":
+                metrics |= _expected_rewards(cfg, run_dir, k, groups, rows, group_ids)
             if cfg.spark.label_weighting == "inv_sqrt_ema":
                 extra["label_ema"], weights, monitors = _label_weighting(cfg, run_dir, k, rows)
                 metrics |= monitors | {f"label_ema_{a}": b for a, b in extra["label_ema"].items()} | {
@@ -298,6 +301,35 @@ def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         return dict(outputs={"rollouts": path}, rows={"rollouts": len(rows)}, metrics=metrics, **extra)
 
     return _run_stage(cfg, run_dir, f"verify_{phase}", k, iteration_hash(cfg), body)
+
+
+def _expected_rewards(cfg: SparkConfig, run_dir: Path, k: int, groups: list[list[Sample]], rows: list[dict],
+                      group_ids: list[int]) -> dict:
+    """`judge_reward: expected`: P(right verdict | trace) of every judge row under the model that
+    sampled it (the reward phase's start checkpoint), and the trace / verdict advantages from it,
+    set in place; returns the monitors (spark_core/judge_reward.py, "Expected rewards")."""
+    samples = [s for g in groups for s in g]
+    judged = [i for i, r in enumerate(rows) if r["kind"] in judge_reward.JUDGE_KINDS]
+    if not judged:
+        return {}
+    model, tok = load_checkpoint(_start_model(cfg, run_dir, k, "reward"), pick_device(cfg.rollout.device))
+    p, where = right_verdict_probability(
+        model, tok, [samples[i].prompt_ids for i in judged], [samples[i].token_ids for i in judged],
+        [rows[i]["label"] for i in judged], cfg.spark.reward_temperature, next(model.parameters()).device)
+    del model
+    hard = [rows[i]["reward"] for i in judged]
+    gids = [group_ids[i] for i in judged]
+    trace, verdict = judge_reward.expected_advantages(hard, p, gids, cfg.train.advantage)
+    for n, i in enumerate(judged):
+        rows[i] |= dict(expected_reward=p[n], verdict_index=where[n], advantage=trace[n],
+                        verdict_advantage=verdict[n] if where[n] is not None else None)
+    groups_p: dict[int, list[float]] = {}
+    for g, x in zip(gids, p):
+        groups_p.setdefault(g, []).append(x)
+    var = [sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v) for v in groups_p.values()]
+    return {"judge_expected_reward_mean": sum(p) / len(p), "judge_group_expected_variance": sum(var) / len(var),
+            "judge_flat_groups_hard": judge_reward.flat_share(hard, gids),
+            "judge_flat_groups_expected": judge_reward.flat_share(p, gids)}
 
 
 def _label_weighting(cfg: SparkConfig, run_dir: Path, k: int, rows: list[dict]) -> tuple[dict, dict, dict]:

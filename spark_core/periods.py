@@ -113,7 +113,8 @@ def training_batch(groups: Sequence[Sequence[Sample]], rows: Sequence[dict]) -> 
     samples = [s for g in groups for s in g]
     if len(samples) != len(rows):
         raise ValueError(f"{len(samples)} samples but {len(rows)} scored rows: the rollout and verify outputs disagree")
-    return [Sequence_(s.prompt_ids, s.token_ids, s.logprobs, r["advantage"]) for s, r in zip(samples, rows) if s.token_ids]
+    return [Sequence_(s.prompt_ids, s.token_ids, s.logprobs, r["advantage"], r.get("verdict_index"),
+                      r.get("verdict_advantage") or 0.0) for s, r in zip(samples, rows) if s.token_ids]
 
 
 def period_metrics(rows: list[dict], tasks: Sequence[Task], groups_of: list[int]) -> dict:

@@ -46,6 +46,10 @@ SCHEMAS: dict[str, pa.Schema] = {
         ("prompt", _S), ("response", _S), ("extracted", _S, True), ("rule", _S, True),
         ("label", _S), ("correct", _B, True), ("reward", _F64), ("advantage", _F64, True),
         ("prompt_tokens", _I32), ("response_tokens", _I32), ("finish_reason", _S),
+        # `spark.judge_reward: expected` only: P(right verdict | trace), the verdict's token index
+        # in the response, and the advantage of that token and those after it (`advantage` is
+        # then the trace tokens').
+        ("expected_reward", _F64, True), ("verdict_index", _I32, True), ("verdict_advantage", _F64, True),
     ),
     # One row per recycled judge or reflection prompt (partition = iteration made).
     "judge_data": _schema(

@@ -67,6 +67,9 @@ class Sequence_:
     response_ids: list[int]
     old_logprobs: list[float]
     advantage: float
+    verdict_index: int | None = None
+    """`judge_reward: expected`: from this response token on, `verdict_advantage` replaces `advantage`."""
+    verdict_advantage: float = 0.0
 
 
 def settings_from_config(train, total_steps: int, temperature: float) -> TrainSettings:
@@ -211,7 +214,13 @@ class Trainer:
         for i, x in enumerate(micro):
             old[i, : len(x.response_ids)] = torch.tensor(x.old_logprobs, dtype=torch.float32)
         old = old.to(self.device)
-        adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32, device=self.device)  # (B,)
+        adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32)  # (B,)
+        if any(x.verdict_index is not None for x in micro):
+            adv = adv[:, None].repeat(1, R)  # (B, R): per-token advantages
+            for i, x in enumerate(micro):
+                if x.verdict_index is not None:
+                    adv[i, x.verdict_index:] = x.verdict_advantage
+        adv = adv.to(self.device)
         with self._autocast():
             logp, entropy = self._stats(self.model, inputs, where, tokens, mask)  # (B, R), (B, R)
             if self.s.entropy_coef == 0:

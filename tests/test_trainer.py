@@ -1,4 +1,5 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -170,3 +171,21 @@ def test_the_tiny_llama_reads_sequence_boundaries_from_positions(tok):
     from spark_core.trainer import packing_matches
 
     assert packing_matches(_model(tok), tok.pad_token_id, torch.device("cpu"))
+
+
+def test_verdict_advantage_applies_from_its_token_on(tok):
+    """`judge_reward: expected`: a verdict index at 0 with advantage x trains as a plain advantage x;
+    one in the middle changes the update; verdict_advantage equal to advantage changes nothing."""
+    def step(batch):
+        model = _model(tok)
+        Trainer(model, None, TrainSettings(lr=1e-2, mini_batch_size=8, micro_batch_size=4, beta=0), tok.pad_token_id
+                ).train_period(batch, "reward")
+        return _flat(model)
+
+    base = _batch(tok, 8)
+    plain = step([dataclasses.replace(x, advantage=-0.5) for x in base])
+    assert torch.allclose(step([dataclasses.replace(x, verdict_index=0, verdict_advantage=-0.5) for x in base]), plain)
+    same = step([dataclasses.replace(x, verdict_index=len(x.response_ids) // 2, verdict_advantage=x.advantage) for x in base])
+    assert torch.allclose(same, step(base))
+    split = step([dataclasses.replace(x, verdict_index=len(x.response_ids) // 2, verdict_advantage=2.0) for x in base])
+    assert not torch.allclose(split, step(base))
