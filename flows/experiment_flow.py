@@ -19,7 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from spark_core.config import SparkConfig, load_config
-from spark_core.experiment import ARMS, arm_iterations, coevolution_plot, run_arm, write_results
+from spark_core.experiment import ARMS, DEFAULT_ARMS, arm_iterations, coevolution_plot, run_arm, write_results
 from spark_core.iteration import resolve_path
 from spark_core.tracking import (
     EXPERIMENT_ARMS, child_run, default_data_dir, experiment_parent, log_summary, track_iterations,
@@ -54,7 +54,7 @@ def experiment(name: str = "default", config: str = "configs/tiny.yaml", preset:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
-    n, seeds, arms = iterations or p["iterations"], seeds or p["seeds"], arms or list(ARMS)
+    n, seeds, arms = iterations or p["iterations"], seeds or p["seeds"], arms or list(DEFAULT_ARMS)
     unknown = set(arms) - set(ARMS)
     if unknown:
         raise ValueError(f"unknown arm(s) {sorted(unknown)}; arms: {', '.join(ARMS)}")

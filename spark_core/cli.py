@@ -336,7 +336,7 @@ def experiment(
     config: str = typer.Option("configs/tiny.yaml", "--config", "-c", help="The base config every arm starts from."),
     iterations: Optional[int] = typer.Option(None, help="N, iterations per arm (the single-period arms run 2N)."),
     seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Seeds (repeat the option); default: the preset's."),
-    arms: Optional[list[str]] = typer.Option(None, "--arm", help="Arms (repeat the option); default: all six."),
+    arms: Optional[list[str]] = typer.Option(None, "--arm", help="Arms (repeat the option); default: the first six (not spark_weighted, spark_expected)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Where results.parquet, results.md and coevolution.png go."),
 ) -> None:
     """SPARK against its GRPO ablations with identical seeds and data (the Prefect flow `experiment`)."""

@@ -10,6 +10,10 @@ Arms (each a run directory under the experiment folder, made by the same stages 
 | `grpo_static` | policy rollouts and judge data from the base model's rollouts in one period (`static_mix`) |
 | `spark` | SPARK with the authors' rules (`balance_labels: false`) |
 | `spark_safeguarded` | SPARK with this project's safeguard: label balance (`balance_labels: true`) |
+| `spark_weighted` | `spark_safeguarded` with Tango's label weighting (`label_weighting: inv_sqrt_ema`) |
+| `spark_expected` | `spark_safeguarded` with expected judge rewards (`judge_reward: expected`) |
+
+The last two run only when asked for (`--arm`); the default is the first six.
 
 SPARK takes two optimizer steps per iteration (a policy and a reward period), the single-period
 arms one: `grpo_policy` and `grpo_reward` run 2N iterations, so they are compared both at N
@@ -29,9 +33,14 @@ import pyarrow as pa
 from spark_core.config import SparkConfig
 from spark_core.store import atomic_write_bytes, atomic_write_parquet, read_manifest, read_table, write_manifest
 
-ARMS = ("base", "grpo_policy", "grpo_reward", "grpo_static", "spark", "spark_safeguarded")
+ARMS = ("base", "grpo_policy", "grpo_reward", "grpo_static", "spark", "spark_safeguarded", "spark_weighted",
+        "spark_expected")
+DEFAULT_ARMS = ARMS[:6]
 _MODE = {"grpo_policy": ("policy_only", False), "grpo_reward": ("reward_only", True), "grpo_static": ("static_mix", True),
-         "spark": ("spark", False), "spark_safeguarded": ("spark", True)}
+         "spark": ("spark", False), "spark_safeguarded": ("spark", True), "spark_weighted": ("spark", True),
+         "spark_expected": ("spark", True)}
+#: Judge-reward options an arm sets on top of its mode (spark_core/judge_reward.py).
+_OPTIONS = {"spark_weighted": {"label_weighting": "inv_sqrt_ema"}, "spark_expected": {"judge_reward": "expected"}}
 DOUBLED = ("grpo_policy", "grpo_reward")  # one period per iteration: run twice as many iterations
 METRICS = ("policy_accuracy", "judge_accuracy", "judge_auroc", "tts_accuracy", "reflection_accuracy",
            "verdict_share_yes", "verdict_share_a_pairwise")
@@ -51,7 +60,7 @@ def arm_config(base: SparkConfig, arm: str, seed: int, n: int) -> SparkConfig:
     data = base.resolved()
     data["seed"] = seed
     mode, balanced = _MODE.get(arm, ("spark", False))
-    data["spark"] |= {"mode": mode, "balance_labels": balanced}
+    data["spark"] |= {"mode": mode, "balance_labels": balanced} | _OPTIONS.get(arm, {})
     data["eval"] |= {"every": eval_every(n)}
     return SparkConfig.model_validate(data)
 

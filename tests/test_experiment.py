@@ -26,10 +26,15 @@ def test_arm_configs_differ_only_where_they_should():
     cfgs = {arm: arm_config(base, arm, 3, 6) for arm in ARMS}
     assert {a: (c.spark.mode, c.spark.balance_labels) for a, c in cfgs.items()} == {
         "base": ("spark", False), "grpo_policy": ("policy_only", False), "grpo_reward": ("reward_only", True),
-        "grpo_static": ("static_mix", True), "spark": ("spark", False), "spark_safeguarded": ("spark", True)}
+        "grpo_static": ("static_mix", True), "spark": ("spark", False), "spark_safeguarded": ("spark", True),
+        "spark_weighted": ("spark", True), "spark_expected": ("spark", True)}
+    # the judge-reward arms differ from spark_safeguarded in their one option only
+    safe = cfgs["spark_safeguarded"].resolved()["spark"]
+    assert {k: v for k, v in cfgs["spark_weighted"].resolved()["spark"].items() if safe[k] != v} == {"label_weighting": "inv_sqrt_ema"}
+    assert {k: v for k, v in cfgs["spark_expected"].resolved()["spark"].items() if safe[k] != v} == {"judge_reward": "expected"}
     for c in cfgs.values():  # same seed, problems, model, sampling and optimisation in every arm
         assert c.seed == 3 and c.problems == base.problems and c.rollout == base.rollout and c.train == base.train
-    assert [arm_iterations(a, 5) for a in ARMS] == [0, 10, 10, 5, 5, 5]
+    assert [arm_iterations(a, 5) for a in ARMS] == [0, 10, 10, 5, 5, 5, 5, 5]
     for n in range(1, 25):
         e = eval_every(n)
         assert n % e == 0 and (2 * n) % e == 0 and e <= max(1, n // 4)
