@@ -20,10 +20,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from flows.local import http_status
 from spark_core.tracking import REPO, default_data_dir
 
 DEFAULT_PORT = 4200
@@ -78,17 +77,6 @@ def descendants(pid: int) -> list[int]:
             out.append(child)
             todo.append(child)
     return out
-
-
-def http_status(url: str, timeout: float = 2.0) -> int:
-    """The HTTP status of a GET (0: nothing answered)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        return e.code
-    except (urllib.error.URLError, OSError):
-        return 0
 
 
 def _wait(what: str, check, proc: subprocess.Popen, log: Path, timeout: float) -> None:

@@ -9,14 +9,25 @@ works either way; with the server up, the flow run shows in its UI.
 from __future__ import annotations
 
 import logging
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from typing import Iterator
 
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-from deployments.services import http_status
-
 log = logging.getLogger(__name__)
+
+
+def http_status(url: str, timeout: float = 2.0) -> int:
+    """The HTTP status of a GET (0: nothing answered)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (urllib.error.URLError, OSError):
+        return 0
 
 
 def reachable(api_url: str) -> bool:

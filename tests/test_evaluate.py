@@ -171,7 +171,7 @@ def test_eval_and_judge_eval_cli(tmp_path):
 
     from typer.testing import CliRunner
 
-    from spark_core.cli import app
+    from spark_cli.main import app
 
     model = str(ROOT / "data" / "tiny-model")
     cfg = str(ROOT / "configs" / "tiny.yaml")
@@ -209,7 +209,7 @@ def test_eval_responses_verify_then_judge_eval(tmp_path):
     `spark judge-eval` on the verified file (label field `correct`)."""
     from typer.testing import CliRunner
 
-    from spark_core.cli import app
+    from spark_cli.main import app
 
     model = str(ROOT / "data" / "tiny-model")
     resp, labelled = tmp_path / "responses.jsonl", tmp_path / "labelled.parquet"

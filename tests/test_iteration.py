@@ -6,7 +6,7 @@ import pyarrow as pa
 from typer.testing import CliRunner
 
 from spark_core.checkpoint import load_checkpoint
-from spark_core.cli import app
+from spark_cli.main import app
 from spark_core.config import load_config
 from spark_core.iteration import checkpoint_dir, completed_iterations, run_iteration
 from spark_core.sql import query

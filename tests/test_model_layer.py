@@ -13,7 +13,7 @@ from spark_core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from spark_core.cli import app
+from spark_cli.main import app
 from spark_core.config import TinyModelConfig
 from spark_core.rollout import EngineError, HFEngine, SamplingSpec, make_engine, sample_next
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from spark_core import models
 from spark_core.checkpoint import build_model, build_tokenizer, save_checkpoint
-from spark_core.cli import app
+from spark_cli.main import app
 from spark_core.config import TinyModelConfig
 from spark_core.models import ModelImportError, RegistryModel, end_token_ids, import_model, join_parts
 

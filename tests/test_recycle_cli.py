@@ -3,7 +3,7 @@ import json
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
-from spark_core.cli import app
+from spark_cli.main import app
 
 
 def test_recycle_cli_reports_malformed_rows_and_writes_the_rest(tmp_path):

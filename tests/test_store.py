@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from spark_core.cli import app
+from spark_cli.main import app
 from spark_core.config import ProblemsConfig, SparkConfig
 from spark_core.sql import SqlError, query, views_sql
 from spark_core.stages import prepare_problems

@@ -4,7 +4,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from spark_core.cli import app
+from spark_cli.main import app
 
 runner = CliRunner()
 

@@ -36,92 +36,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-@app.command()
-def verify(
-    input: Path = typer.Argument(..., help="JSONL or Parquet file of responses."),
-    response_field: str = typer.Option(..., help="Field holding the response text."),
-    reference_field: str = typer.Option(..., help="Field holding the reference answer (or a Yes/No/A/B label)."),
-    extract: str = typer.Option("auto", help="Answer extraction rule: auto|boxed|gsm8k|answer-is|last-number."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write every row plus extracted, rule, correct, error here (Parquet)."),
-    max_chars: int = typer.Option(100_000, help="Longer responses or references are row errors."),
-    timeout: float = typer.Option(5.0, help="Seconds allowed per math-verify comparison."),
-) -> None:
-    """Verify each row's response against its reference and print a one-line summary."""
-    from spark_core.verify_file import verify_file
-
-    try:
-        summary = verify_file(input, response_field, reference_field, extract, output, max_chars, timeout)
-    except InputError as e:
-        _fail(str(e))
-    typer.echo(summary.line() + (f" -> {output}" if output else ""))
-
-
-@app.command()
-def sql(
-    statement: Optional[str] = typer.Argument(None, help="A SELECT over the run's tables (problems, rollouts, judge_data, updates, evals)."),
-    run: Path = typer.Option(..., "--run", help="Run directory (e.g. data/runs/tiny)."),
-    format: str = typer.Option("table", "--format", help="Output format: table|csv|json."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the result to this file instead of stdout."),
-    export: Optional[Path] = typer.Option(None, "--export", help="Write the view definitions (loadable by any DuckDB client) to this .sql file."),
-) -> None:
-    """Query a run's tables with DuckDB, read-only: statements that write are refused."""
-    from spark_core.sql import SqlError, format_result, query, views_sql
-
-    if not run.is_dir():
-        _fail(f"{run}: no such run directory")
-    if export is not None:
-        export.write_text(views_sql(run))
-        typer.echo(f"wrote view definitions for {run} to {export} (load with: duckdb -c '.read {export}')")
-        if statement is None:
-            return
-    if statement is None:
-        _fail("give a SELECT statement, or --export FILE.sql")
-    try:
-        text = format_result(query(run, statement), format)
-    except SqlError as e:
-        _fail(str(e))
-    if output is not None:
-        output.write_text(text)
-    else:
-        sys.stdout.write(text)
-
-
-@app.command()
-def problems(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Write the problems here (.jsonl or .parquet)."),
-    split: str = typer.Option("train", help="Which split to write: train|held_out|all."),
-) -> None:
-    """Write the configured problems (synthetic or loaded from a file) with their split."""
-    from spark_core.config import load_config
-    from spark_core.problems import problem_sets
-
-    if split not in ("train", "held_out", "all"):
-        _fail(f"unknown --split {split!r}; use train, held_out or all")
-    try:
-        cfg = load_config(config)
-        train, held = problem_sets(cfg.problems, cfg.seed)
-    except (InputError, ValueError) as e:
-        _fail(str(e))
-    rows = []
-    if split in ("train", "all"):
-        rows += [p.to_row() | {"split": "train"} for p in train]
-    if split in ("held_out", "all"):
-        rows += [p.to_row() | {"split": "held_out"} for p in held]
-    if output.suffix == ".parquet":
-        import pyarrow as pa
-
-        from spark_core.store import atomic_write_parquet
-
-        atomic_write_parquet(pa.Table.from_pylist(rows), output.resolve())
-    else:
-        from spark_core.store import atomic_write_bytes
-
-        atomic_write_bytes(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-    typer.echo(f"wrote {len(rows)} problems ({len(train)} train, {len(held)} held-out available) to {output}")
-
-
-@app.command()
+@app.command(rich_help_panel="Running")
 def prepare(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)."),
     run: Path = typer.Option(DEFAULT_RUNS / "default", "--run", help="Run directory to create or continue."),
@@ -139,7 +54,7 @@ def prepare(
     typer.echo(f"problems: {rows['train']} train, {rows['held_out']} held-out in {run} (config {manifest['config_hash']})")
 
 
-@app.command()
+@app.command(rich_help_panel="Running")
 def iterate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)."),
     run: Path = typer.Option(DEFAULT_RUNS / "default", "--run", help="Run directory to create or continue."),
@@ -164,54 +79,7 @@ def iterate(
         _fail(str(e))
 
 
-@app.command()
-def recycle(
-    rollouts: Path = typer.Argument(..., help="JSONL or Parquet: prompt_id, question, response, the reference answer, optionally correct."),
-    output: Path = typer.Option(..., "-o", "--output", help="Write the judge rows here (Parquet, the judge_data schema)."),
-    reference_field: str = typer.Option("answer", help="Field holding the reference answer."),
-    seed: int = typer.Option(0, help="Seed of the recycling draws."),
-    template_set: str = typer.Option("compact", help="Templates: compact|paper."),
-    judge_input: str = typer.Option("answer", help="What the judge sees of a rollout: answer|cot|both."),
-    balance_labels: bool = typer.Option(False, help="Balance pairwise slots and pointwise wordings (a deviation from the authors' rules)."),
-    extract: str = typer.Option("auto", help="Answer extraction rule for responses."),
-) -> None:
-    """Recycle rollouts made anywhere into judge and reflection prompts with known labels."""
-    from spark_core.recycle_file import recycle_file
-
-    try:
-        report = recycle_file(rollouts, output, reference_field, seed, template_set, judge_input, balance_labels, extract)
-    except InputError as e:
-        _fail(str(e))
-    for line in report.lines():
-        typer.echo(line)
-    typer.echo(f"wrote {len(report.result.rows)} judge rows to {output}")
-
-
-@app.command()
-def sample(
-    prompt: str = typer.Argument(..., help="The user message."),
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory with a chat template."),
-    n: int = typer.Option(4, "-n", help="Samples to draw."),
-    temperature: float = typer.Option(1.0, help="Sampling temperature (0: greedy)."),
-    max_new_tokens: int = typer.Option(64, help="Longest response in tokens."),
-    seed: int = typer.Option(0, help="Sampling seed."),
-    engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
-) -> None:
-    """Sample responses to one prompt through the chat template (a quick look at a checkpoint)."""
-    from spark_core.checkpoint import CheckpointError
-    from spark_core.rollout import EngineError, SamplingSpec, make_engine
-
-    try:
-        eng = make_engine(engine, checkpoint, seed=seed)
-    except (CheckpointError, EngineError) as e:
-        _fail(str(e))
-    spec = SamplingSpec(group_size=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
-    for s in eng.generate([prompt], spec)[0]:
-        typer.echo(f"[{s.finish_reason}, {len(s.token_ids)} tokens, logp {sum(s.logprobs):.2f}] {s.text}")
-    eng.close()
-
-
-@app.command()
+@app.command(rich_help_panel="Running")
 def bootstrap(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults; see its bootstrap: section)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Checkpoint directory (default: the config's model.path, data/tiny-model)."),
@@ -244,7 +112,31 @@ def _pct(v) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
-@app.command("eval")
+@app.command(rich_help_panel="Running")
+def experiment(
+    preset: str = typer.Option("quick", help="quick (1 seed, N=3, a first look) | full (3 seeds, N=10)."),
+    name: Optional[str] = typer.Option(None, help="Experiment folder under DATA/experiments (default: the preset)."),
+    config: str = typer.Option("configs/tiny.yaml", "--config", "-c", help="The base config every arm starts from."),
+    iterations: Optional[int] = typer.Option(None, help="N, iterations per arm (the single-period arms run 2N)."),
+    seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Seeds (repeat the option); default: the preset's."),
+    arms: Optional[list[str]] = typer.Option(None, "--arm", help="Arms (repeat the option); default: the first six (not spark_weighted, spark_expected)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where results.parquet, results.md and coevolution.png go."),
+) -> None:
+    """SPARK against its GRPO ablations with identical seeds and data (the Prefect flow `experiment`)."""
+    # The one command that runs a Prefect flow: imported here so the rest of the CLI (and
+    # spark_core) stays free of Prefect.
+    from flows.experiment_flow import experiment as run_experiment
+    from flows.local import api_or_ephemeral
+
+    try:
+        with api_or_ephemeral():
+            run_experiment(name=name or preset, config=config, preset=preset, iterations=iterations, seeds=seeds,
+                           arms=arms, out=str(out) if out else None)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+
+
+@app.command("eval", rich_help_panel="Evaluation")
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory."),
     benchmark: str = typer.Option("synthetic", "--benchmark", help="synthetic (the config's held-out split), gsm8k, math500, aime24, amc23, or a JSONL/Parquet file."),
@@ -288,7 +180,7 @@ def eval_(
         output.write_text(json.dumps(m, indent=2) + "\n")
 
 
-@app.command("judge-eval")
+@app.command("judge-eval", rich_help_panel="Evaluation")
 def judge_eval(
     file: Path = typer.Argument(..., help="JSONL or Parquet of labelled responses."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory (the judge)."),
@@ -329,31 +221,7 @@ def judge_eval(
             atomic_write_bytes(output, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-@app.command()
-def experiment(
-    preset: str = typer.Option("quick", help="quick (1 seed, N=3, a first look) | full (3 seeds, N=10)."),
-    name: Optional[str] = typer.Option(None, help="Experiment folder under DATA/experiments (default: the preset)."),
-    config: str = typer.Option("configs/tiny.yaml", "--config", "-c", help="The base config every arm starts from."),
-    iterations: Optional[int] = typer.Option(None, help="N, iterations per arm (the single-period arms run 2N)."),
-    seeds: Optional[list[int]] = typer.Option(None, "--seed", help="Seeds (repeat the option); default: the preset's."),
-    arms: Optional[list[str]] = typer.Option(None, "--arm", help="Arms (repeat the option); default: the first six (not spark_weighted, spark_expected)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Where results.parquet, results.md and coevolution.png go."),
-) -> None:
-    """SPARK against its GRPO ablations with identical seeds and data (the Prefect flow `experiment`)."""
-    # The one command that runs a Prefect flow: imported here so the rest of the CLI (and
-    # spark_core) stays free of Prefect.
-    from flows.experiment_flow import experiment as run_experiment
-    from flows.local import api_or_ephemeral
-
-    try:
-        with api_or_ephemeral():
-            run_experiment(name=name or preset, config=config, preset=preset, iterations=iterations, seeds=seeds,
-                           arms=arms, out=str(out) if out else None)
-    except (InputError, ValueError) as e:
-        _fail(str(e))
-
-
-@app.command()
+@app.command(rich_help_panel="Evaluation")
 def bench(
     iterations: int = typer.Option(3, help="Timed iterations through the flow (after one warm-up run)."),
     larger: bool = typer.Option(False, "--larger", help="Also the larger tiny-architecture model (random weights; about 6 min)."),
@@ -379,9 +247,141 @@ def bench(
     raise typer.Exit(code)
 
 
+@app.command(rich_help_panel="Data and inspection")
+def verify(
+    input: Path = typer.Argument(..., help="JSONL or Parquet file of responses."),
+    response_field: str = typer.Option(..., help="Field holding the response text."),
+    reference_field: str = typer.Option(..., help="Field holding the reference answer (or a Yes/No/A/B label)."),
+    extract: str = typer.Option("auto", help="Answer extraction rule: auto|boxed|gsm8k|answer-is|last-number."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write every row plus extracted, rule, correct, error here (Parquet)."),
+    max_chars: int = typer.Option(100_000, help="Longer responses or references are row errors."),
+    timeout: float = typer.Option(5.0, help="Seconds allowed per math-verify comparison."),
+) -> None:
+    """Verify each row's response against its reference and print a one-line summary."""
+    from spark_core.verify_file import verify_file
+
+    try:
+        summary = verify_file(input, response_field, reference_field, extract, output, max_chars, timeout)
+    except InputError as e:
+        _fail(str(e))
+    typer.echo(summary.line() + (f" -> {output}" if output else ""))
+
+
+@app.command(rich_help_panel="Data and inspection")
+def sql(
+    statement: Optional[str] = typer.Argument(None, help="A SELECT over the run's tables (problems, rollouts, judge_data, updates, evals)."),
+    run: Path = typer.Option(..., "--run", help="Run directory (e.g. data/runs/tiny)."),
+    format: str = typer.Option("table", "--format", help="Output format: table|csv|json."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write the result to this file instead of stdout."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the view definitions (loadable by any DuckDB client) to this .sql file."),
+) -> None:
+    """Query a run's tables with DuckDB, read-only: statements that write are refused."""
+    from spark_core.sql import SqlError, format_result, query, views_sql
+
+    if not run.is_dir():
+        _fail(f"{run}: no such run directory")
+    if export is not None:
+        export.write_text(views_sql(run))
+        typer.echo(f"wrote view definitions for {run} to {export} (load with: duckdb -c '.read {export}')")
+        if statement is None:
+            return
+    if statement is None:
+        _fail("give a SELECT statement, or --export FILE.sql")
+    try:
+        text = format_result(query(run, statement), format)
+    except SqlError as e:
+        _fail(str(e))
+    if output is not None:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command(rich_help_panel="Data and inspection")
+def problems(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Write the problems here (.jsonl or .parquet)."),
+    split: str = typer.Option("train", help="Which split to write: train|held_out|all."),
+) -> None:
+    """Write the configured problems (synthetic or loaded from a file) with their split."""
+    from spark_core.config import load_config
+    from spark_core.problems import problem_sets
+
+    if split not in ("train", "held_out", "all"):
+        _fail(f"unknown --split {split!r}; use train, held_out or all")
+    try:
+        cfg = load_config(config)
+        train, held = problem_sets(cfg.problems, cfg.seed)
+    except (InputError, ValueError) as e:
+        _fail(str(e))
+    rows = []
+    if split in ("train", "all"):
+        rows += [p.to_row() | {"split": "train"} for p in train]
+    if split in ("held_out", "all"):
+        rows += [p.to_row() | {"split": "held_out"} for p in held]
+    if output.suffix == ".parquet":
+        import pyarrow as pa
+
+        from spark_core.store import atomic_write_parquet
+
+        atomic_write_parquet(pa.Table.from_pylist(rows), output.resolve())
+    else:
+        from spark_core.store import atomic_write_bytes
+
+        atomic_write_bytes(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    typer.echo(f"wrote {len(rows)} problems ({len(train)} train, {len(held)} held-out available) to {output}")
+
+
+@app.command(rich_help_panel="Data and inspection")
+def recycle(
+    rollouts: Path = typer.Argument(..., help="JSONL or Parquet: prompt_id, question, response, the reference answer, optionally correct."),
+    output: Path = typer.Option(..., "-o", "--output", help="Write the judge rows here (Parquet, the judge_data schema)."),
+    reference_field: str = typer.Option("answer", help="Field holding the reference answer."),
+    seed: int = typer.Option(0, help="Seed of the recycling draws."),
+    template_set: str = typer.Option("compact", help="Templates: compact|paper."),
+    judge_input: str = typer.Option("answer", help="What the judge sees of a rollout: answer|cot|both."),
+    balance_labels: bool = typer.Option(False, help="Balance pairwise slots and pointwise wordings (a deviation from the authors' rules)."),
+    extract: str = typer.Option("auto", help="Answer extraction rule for responses."),
+) -> None:
+    """Recycle rollouts made anywhere into judge and reflection prompts with known labels."""
+    from spark_core.recycle_file import recycle_file
+
+    try:
+        report = recycle_file(rollouts, output, reference_field, seed, template_set, judge_input, balance_labels, extract)
+    except InputError as e:
+        _fail(str(e))
+    for line in report.lines():
+        typer.echo(line)
+    typer.echo(f"wrote {len(report.result.rows)} judge rows to {output}")
+
+
+@app.command(rich_help_panel="Data and inspection")
+def sample(
+    prompt: str = typer.Argument(..., help="The user message."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory with a chat template."),
+    n: int = typer.Option(4, "-n", help="Samples to draw."),
+    temperature: float = typer.Option(1.0, help="Sampling temperature (0: greedy)."),
+    max_new_tokens: int = typer.Option(64, help="Longest response in tokens."),
+    seed: int = typer.Option(0, help="Sampling seed."),
+    engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
+) -> None:
+    """Sample responses to one prompt through the chat template (a quick look at a checkpoint)."""
+    from spark_core.checkpoint import CheckpointError
+    from spark_core.rollout import EngineError, SamplingSpec, make_engine
+
+    try:
+        eng = make_engine(engine, checkpoint, seed=seed)
+    except (CheckpointError, EngineError) as e:
+        _fail(str(e))
+    spec = SamplingSpec(group_size=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    for s in eng.generate([prompt], spec)[0]:
+        typer.echo(f"[{s.finish_reason}, {len(s.token_ids)} tokens, logp {sum(s.logprobs):.2f}] {s.text}")
+    eng.close()
+
+
 model_app = typer.Typer(help="Real pretrained models: fetch the known ones, import a GGUF file or a Hugging Face folder.",
                         no_args_is_help=True)
-app.add_typer(model_app, name="model")
+app.add_typer(model_app, name="model", rich_help_panel="Models")
 
 
 @model_app.command("import")
