@@ -20,7 +20,7 @@ from spark_core.records import InputError
 
 class _Section(BaseModel):
     # Unknown keys are typos: reject them instead of silently ignoring a setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class SyntheticConfig(_Section):
