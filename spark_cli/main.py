@@ -140,11 +140,13 @@ def experiment(
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A Hugging Face causal-LM directory."),
     benchmark: str = typer.Option("synthetic", "--benchmark", help="synthetic (the config's held-out split), gsm8k, math500, aime24, amc23, or a JSONL/Parquet file."),
-    tts: str = typer.Option("none", "--tts", help="Test-time scaling: none | reflect (judge own answer, re-solve; 2 rounds) | bon (self-verified best-of-N)."),
+    tts: str = typer.Option("none", "--tts", help="Test-time scaling: none | reflect (judge own answer, re-solve; 2 rounds) | bon (self-verified best-of-N) | compare (majority, best-of-N, verdict-weighted vote and reflection at equal samples)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (sampling lengths, templates, synthetic problems)."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Evaluate the first N problems only."),
     samples: int = typer.Option(0, "--samples", "-k", help="Also mean@k and pass@k with k samples at T=1."),
     best_of: int = typer.Option(4, "--best-of", help="N for --tts bon."),
+    compare_n: Optional[list[int]] = typer.Option(None, "--compare-n", help="N for --tts compare (repeat the option; default 4 and 8)."),
+    samples_out: Optional[Path] = typer.Option(None, "--samples-out", help="With --tts compare: each sample's answer, correctness, verdict and P(Yes) as JSONL."),
     engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Also write the metrics as JSON here."),
     responses: Optional[Path] = typer.Option(None, "--responses", help="Also write each greedy response (id, question, answer, response) as JSONL."),
@@ -164,7 +166,8 @@ def eval_(
         if max_new_tokens is not None:
             over["rollout"] = cfg.rollout.model_copy(update={"max_new_tokens": max_new_tokens})
         cfg = type(cfg).model_validate(cfg.model_copy(update=over).model_dump()) if over else cfg
-        m = eval_benchmark(cfg, checkpoint, benchmark, tts, limit, samples, best_of, engine, responses)
+        m = eval_benchmark(cfg, checkpoint, benchmark, tts, limit, samples, best_of, engine, responses,
+                           tuple(compare_n or (4, 8)), samples_out)
     except (InputError, CheckpointError, ValueError) as e:
         _fail(str(e))
     line = (f"{m['benchmark']}: {m['problems']} problems, greedy accuracy {_pct(m['policy_accuracy'])} "
@@ -175,6 +178,13 @@ def eval_(
         line += f"; with self-reflection {_pct(m['tts_reflect_accuracy'])} ({m['tts_reflect_extra_generations']:.2f} extra generations/problem)"
     if tts == "bon":
         line += f"; self-verified best-of-{best_of} {_pct(m['tts_bon_accuracy'])} (accepted {_pct(m['tts_bon_accept_rate'])}, {m['tts_bon_extra_generations']} extra generations/problem)"
+    if tts == "compare":
+        line += f"; judge true pass {_pct(m['judge_true_pass'])}, false pass {_pct(m['judge_false_pass'])}"
+        for n in sorted(set(compare_n or (4, 8))):
+            line += (f"\n  N={n}: majority {_pct(m[f'tts_majority_at_{n}'])}, self-verified best {_pct(m[f'tts_best_at_{n}'])}, "
+                     f"verdict-weighted {_pct(m[f'tts_weighted_at_{n}'])} (2N generations), pass@N {_pct(m[f'tts_pass_at_{n}'])}")
+        line += (f"\n  greedy + self-reflection {_pct(m['tts_reflect_accuracy'])} "
+                 f"({m['tts_reflect_generations']:.2f} generations/problem)")
     typer.echo(line)
     if output:
         output.write_text(json.dumps(m, indent=2) + "\n")

@@ -371,6 +371,71 @@ def tts_best_of_n(engine: Engine, problems: Sequence[Problem], n: int, template_
             "tts_bon_accept_rate": accepted / max(1, len(flat))}
 
 
+def _vote(answers: Sequence[str], weights: Sequence[float]) -> str | None:
+    """The answer with the largest total weight (ties: the one seen first)."""
+    total: dict[str, float] = {}
+    for a, w in zip(answers, weights):
+        total[a] = total.get(a, 0.0) + w
+    return max(total, key=lambda a: (total[a], -answers.index(a))) if total else None
+
+
+def tts_compare(engine: Engine, problems: Sequence[Problem], ns: Sequence[int], template_set: str, max_new_tokens: int,
+                judge_max_new_tokens: int, seed: int, solve: str = "bare", greedy_answers: Sequence[str] | None = None
+                ) -> tuple[dict, list[dict]]:
+    """Test-time scaling at equal compute: for each N in `ns`, the same first N of max(ns) samples
+    (T=1) per problem, combined four ways, with every generation counted:
+
+    - `majority`: the most frequent answer (N generations, no judge call);
+    - `best`: self-verified best-of-N, the sample the model's own judge scores highest, by
+      P(Yes) = sigmoid of the verdict log-odds after its greedy pointwise judgement (2N);
+    - `weighted`: the answer with the largest sum of P(Yes) over its samples (2N);
+    - `reflect`: greedy then self-reflection (2 rounds, `tts_reflect`), independent of N;
+    plus `pass` (any of the N right: the ceiling of every selection rule). The judge's own rates,
+    over all judged samples: `true_pass` (its verdict is Yes on a right answer) and `false_pass`
+    (Yes on a wrong one). Returns (metrics, one row per sample: problem (its position), problem_id,
+    index, answer, correct, verdict, p_yes)."""
+    n_max = max(ns)
+    groups = engine.generate([solve_prompt(solve, p.question) for p in problems],
+                             SamplingSpec(n_max, 1.0, 1.0, max_new_tokens, seed=seed))
+    flat = [(i, j, s.text) for i, g in enumerate(groups) for j, s in enumerate(g)]
+    prompts = [_judge_prompt(template_set, problems[i].question, _shown(t)) for i, _, t in flat]
+    verdicts = greedy(engine, prompts, judge_max_new_tokens)
+    odds = verdict_logodds(engine, prompts, verdicts, ["Yes"] * len(flat), ["No"] * len(flat))
+    rows = []
+    for (i, j, text), v, o in zip(flat, verdicts, odds):
+        p_yes = 1 / (1 + math.exp(-o)) if o is not None else float(verdict_of(v) == "yes")
+        rows.append(dict(problem=i, problem_id=problems[i].id, index=j, answer=normalize_label(_shown(text)),
+                         correct=bool(verify_response(text, problems[i].answer).correct), verdict=verdict_of(v), p_yes=p_yes))
+    by: dict[int, list[dict]] = {}
+    for r in rows:
+        by.setdefault(r["problem"], []).append(r)
+    m: dict = {}
+    for n in ns:
+        picks = {"majority": [], "best": [], "weighted": [], "pass": []}
+        for i in range(len(problems)):
+            cands = by.get(i, [])[:n]
+            ok = {c["answer"]: c["correct"] for c in cands}
+            picks["majority"].append(ok.get(_vote([c["answer"] for c in cands], [1.0] * len(cands)), False))
+            picks["best"].append(max(cands, key=lambda c: c["p_yes"])["correct"] if cands else False)
+            picks["weighted"].append(ok.get(_vote([c["answer"] for c in cands], [c["p_yes"] for c in cands]), False))
+            picks["pass"].append(any(c["correct"] for c in cands))
+        for rule, hits in picks.items():
+            m[f"tts_{rule}_at_{n}"] = _share(hits)
+        m[f"tts_judge_calls_at_{n}"] = float(n)  # best and weighted: N samples + N judge calls; majority: N
+    right = [r for r in rows if r["correct"]]
+    wrong = [r for r in rows if not r["correct"]]
+    m["judge_true_pass"] = _share([r["verdict"] == "yes" for r in right])
+    m["judge_false_pass"] = _share([r["verdict"] == "yes" for r in wrong])
+    m["judge_verdict_parse_rate"] = _share([r["verdict"] in ("yes", "no") for r in rows])
+    m["judge_auroc_p_yes"] = auroc([r["p_yes"] for r in rows], [r["correct"] for r in rows])
+    m["sample_accuracy"] = _share([r["correct"] for r in rows])
+    if greedy_answers is None:
+        greedy_answers = greedy(engine, [solve_prompt(solve, p.question) for p in problems], max_new_tokens)
+    reflect, _ = tts_reflect(engine, problems, greedy_answers, template_set, max_new_tokens, judge_max_new_tokens)
+    m |= reflect | {"tts_reflect_generations": 1 + reflect["tts_reflect_extra_generations"]}
+    return m, rows
+
+
 def rows_for_evals(metrics: dict, benchmark: str, n: int) -> list[dict]:
     """`evals` table rows (long format) from a metrics dict; None values are kept as nulls."""
     return [dict(benchmark=benchmark, metric=k, value=None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v), n=n)

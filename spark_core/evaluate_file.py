@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from spark_core.config import SparkConfig
-from spark_core.evaluate import JudgeItem, policy_metrics, run_judge_set, tts_best_of_n, tts_reflect
+from spark_core.evaluate import JudgeItem, policy_metrics, run_judge_set, tts_best_of_n, tts_compare, tts_reflect
 from spark_core.problems import Problem, load_problems, problem_sets
 from spark_core.records import InputError, read_records
 from spark_core.rollout import make_engine
@@ -44,11 +44,16 @@ def benchmark_problems(name: str, cfg: SparkConfig) -> list[Problem]:
 
 
 def eval_benchmark(cfg: SparkConfig, checkpoint: Path, benchmark: str, tts: str = "none", limit: int | None = None,
-                   samples: int = 0, best_of: int = 4, engine: str = "hf", responses: Path | None = None) -> dict:
+                   samples: int = 0, best_of: int = 4, engine: str = "hf", responses: Path | None = None,
+                   compare_n: tuple[int, ...] = (4, 8), samples_out: Path | None = None) -> dict:
     """Policy metrics of `checkpoint` on a benchmark; `responses`: also write each problem's greedy
-    response (id, question, answer, response) as JSONL, ready for `spark verify` and `spark judge-eval`."""
-    if tts not in ("none", "reflect", "bon"):
-        raise InputError(f"--tts must be none, reflect or bon, got {tts!r}")
+    response (id, question, answer, response) as JSONL, ready for `spark verify` and `spark judge-eval`.
+    `tts="compare"`: the test-time scaling rules at equal compute (`evaluate.tts_compare`) for each
+    N in `compare_n`; `samples_out`: its per-sample rows (answer, correct, verdict, P(Yes)) as JSONL."""
+    if tts not in ("none", "reflect", "bon", "compare"):
+        raise InputError(f"--tts must be none, reflect, bon or compare, got {tts!r}")
+    if tts == "compare" and (not compare_n or min(compare_n) < 1):
+        raise InputError(f"--compare-n must be positive sample counts, got {list(compare_n)}")
     problems = benchmark_problems(benchmark, cfg)[:limit]
     r, ts = cfg.rollout, cfg.spark.template_set
     eng = make_engine(engine, checkpoint, device=r.device, dtype=r.dtype, seed=cfg.seed, system=cfg.prompts.system)
@@ -64,6 +69,14 @@ def eval_benchmark(cfg: SparkConfig, checkpoint: Path, benchmark: str, tts: str 
             m |= tts_reflect(eng, problems, answers, ts, r.max_new_tokens, r.judge_max_new_tokens)[0]
         elif tts == "bon":
             m |= tts_best_of_n(eng, problems, best_of, ts, r.max_new_tokens, r.judge_max_new_tokens, cfg.seed, solve)
+        elif tts == "compare":
+            cm, rows = tts_compare(eng, problems, sorted(set(compare_n)), ts, r.max_new_tokens, r.judge_max_new_tokens,
+                                   cfg.seed, solve, greedy_answers=answers)
+            m |= cm
+            if samples_out is not None:
+                from spark_core.store import atomic_write_bytes
+
+                atomic_write_bytes(Path(samples_out), "".join(json.dumps(x) + "\n" for x in rows).encode())
     finally:
         eng.close()
     return {"benchmark": benchmark, "problems": len(problems)} | m

@@ -1,5 +1,6 @@
 """Evaluation: the reward benchmark, judge metrics (AUROC, shares, precision/recall), log-odds, TTS loops."""
 
+import json
 import math
 from pathlib import Path
 
@@ -225,3 +226,52 @@ def test_eval_responses_verify_then_judge_eval(tmp_path):
     assert "6 responses judged" in r.output and "parse rate" in r.output
     r = CliRunner().invoke(app, ["eval", "--checkpoint", model, "--solve", "no placeholder"])
     assert r.exit_code == 2 and "neither a preset" in r.output
+
+
+def test_tts_compare_by_hand(monkeypatch):
+    """One problem (1+1), four samples answering 3, 3, 2, 3; the judge says Yes to 2 only; scripted
+    verdict log-odds [0, -1, 2, 1] give P(Yes) [0.5, 0.27, 0.88, 0.73]. N=2: every rule picks 3;
+    N=4: majority 3 (wrong), best-of-N the 0.88 sample (right), the P(Yes)-weighted vote 3
+    (0.5 + 0.27 + 0.73 = 1.5 against 0.88: wrong)."""
+    import spark_core.evaluate as ev
+
+    answers = ["\\boxed{3}", "\\boxed{3}", "\\boxed{2}", "\\boxed{3}"]
+
+    class Engine(ScriptedEngine):
+        def generate(self, prompts, spec):
+            self.prompts += list(prompts)
+            if spec.group_size > 1:
+                return [[Sample(i, s, answers[s], [1], [0.0], "stop", 1) for s in range(spec.group_size)]
+                        for i, _ in enumerate(prompts)]
+            return [[Sample(i, 0, self.answer(p), [1], [0.0], "stop", 1)] for i, p in enumerate(prompts)]
+
+    engine = Engine(lambda p: ("\\boxed{Yes}" if "=2." in p else "\\boxed{No}") if "Yes or No" in p else "\\boxed{2}")
+    monkeypatch.setattr(ev, "verdict_logodds", lambda engine, prompts, *a, **k: [0.0, -1.0, 2.0, 1.0][: len(prompts)])
+    m, rows = ev.tts_compare(engine, PROBLEMS[1:2], [2, 4], "compact", 8, 8, seed=0, greedy_answers=["\\boxed{2}"])
+    assert [r["p_yes"] for r in rows] == pytest.approx([0.5, 0.2689, 0.8808, 0.7311], abs=1e-4)
+    assert [r["correct"] for r in rows] == [False, False, True, False]
+    assert (m["tts_majority_at_2"], m["tts_best_at_2"], m["tts_weighted_at_2"], m["tts_pass_at_2"]) == (0, 0, 0, 0)
+    assert (m["tts_majority_at_4"], m["tts_best_at_4"], m["tts_weighted_at_4"], m["tts_pass_at_4"]) == (0, 1, 0, 1)
+    assert m["judge_true_pass"] == 1.0 and m["judge_false_pass"] == 0.0 and m["judge_verdict_parse_rate"] == 1.0
+    assert m["tts_judge_calls_at_4"] == 4 and m["sample_accuracy"] == 0.25
+    assert m["tts_reflect_accuracy"] == 1.0 and m["tts_reflect_generations"] == 2.0  # greedy + one judge call (Yes)
+    assert sum(p.startswith("Check:") for p in engine.prompts) == 4 + 1  # each sample judged once, plus reflection's
+
+
+def test_spark_eval_tts_compare_on_the_tiny_model(tmp_path):
+    """The command end to end on the shipped tiny model: the table printed, the samples written."""
+    from typer.testing import CliRunner
+
+    from spark_cli.main import app
+
+    out, samples = tmp_path / "m.json", tmp_path / "s.jsonl"
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(ROOT / "data" / "tiny-model"), "--tts", "compare",
+                                 "--compare-n", "2", "--compare-n", "4", "--limit", "6", "-o", str(out),
+                                 "--samples-out", str(samples)])
+    assert r.exit_code == 0, r.output
+    assert "N=4: majority" in r.output and "greedy + self-reflection" in r.output
+    m = json.loads(out.read_text())
+    rows = [json.loads(x) for x in samples.read_text().splitlines()]
+    assert len(rows) == 6 * 4 and all(0 <= x["p_yes"] <= 1 for x in rows)
+    assert m["tts_pass_at_4"] >= max(m["tts_majority_at_4"], m["tts_best_at_4"], m["tts_weighted_at_4"])
+    assert m["tts_pass_at_4"] >= m["tts_pass_at_2"]
