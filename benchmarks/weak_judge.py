@@ -2,7 +2,7 @@
 probability p (0.5 is the shipped model: a judge with no skill at all).
 
 A probe for the SPARK-core question "can reward periods teach judging": RL did not move a
-judge whose verdict ignores its own trace (README, "First RL tries"); real base models start
+judge whose verdict ignores its own trace (docs/research/weak-judge.md); real base models start
 with some judging skill. This writes a checkpoint and prints its solve accuracy and its judge
 metrics on a reward benchmark built like the pipeline's (its own sampled answers to held-out
 problems): accuracy, verdict shares and AUROC.

@@ -2,7 +2,7 @@
 
 The main command runs it before the first `spark/iterate`; it does nothing when the model
 directory exists (the repository ships one under data/tiny-model). Building takes about
-12 minutes on 2 CPU cores (README, "Bootstrap").
+12 minutes on 2 CPU cores (docs/research/bootstrap.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The flow `experiment`: SPARK against its GRPO ablations, every arm and seed a Prefect task run.
 
     python -m flows.experiment_flow --preset quick     # 1 seed, N=3: a first look (minutes)
-    python -m flows.experiment_flow --preset full      # 3 seeds, N=10: the README's table
+    python -m flows.experiment_flow --preset full      # 3 seeds, N=10: docs/research/experiment.md's table
 
 Arms and seeds run one after another (two torch processes would fight over the cores), each
 resumable like the main flow: a re-run skips finished iterations and evaluations. Results:

@@ -13,7 +13,7 @@ small Llama (spark_core/checkpoint.py), taught by supervised fine-tuning to
 
   A prototype (0.87M parameters) could not learn a bare verdict, nor "46 vs 47" without the
   digit-by-digit comparison, but learned this format to 99.75% held-out judge accuracy in 10
-  minutes on one CPU thread with true labels (README, "Judging is learnable").
+  minutes on one CPU thread with true labels (docs/research/judge-format.md).
 - **reflect**: shown a wrong answer, solve again.
 
 The default checkpoint learns the judge *format* with **random verdicts** (`judge_labels:

@@ -52,7 +52,7 @@ def test_reward_periods_raise_judge_accuracy_from_a_weak_judge():
     digit-by-digit comparison. The judge data is recycled by the real rules (balanced labels)
     from made-up rollout groups whose wrong answers are near misses, because the model's own
     errors are systematic and its re-solve repeats them (a self-check of its own answers tops
-    out near 0.73, README "The ceiling of a self-check"). Measured on two draw seeds:
+    out near 0.73, docs/research/self-check-ceiling.md). Measured on two draw seeds:
     0.565 -> 0.645 / 0.645 after 6 periods and 0.715 / 0.66 after 9; from a 100-step weak judge,
     or from the shipped model (no skill), the same periods teach nothing.
     """
