@@ -89,7 +89,7 @@ def near_miss_rollouts(problems: list[Problem], rng: random.Random, group_size: 
 
     Judge data whose wrong answers are *not* the judge's own: the tiny model's own errors are
     systematic and its re-solve repeats them, so a self-check of its own answers tops out near
-    0.73 (benchmarks/check_ceiling.py), while against near misses its trace is informative.
+    0.73 (research/check_ceiling.py), while against near misses its trace is informative.
     """
     groups = []
     for p in problems:
@@ -119,7 +119,7 @@ def inverse_check(p: Problem, candidate: str) -> tuple[str, str, str] | None:
     `a-b` -> (`c+b`, its value, `a`). None for other problems or a non-integer candidate.
 
     Checking c by computing c-b and comparing with a makes the judge's errors differ from the
-    solver's (benchmarks/check_ceiling.py: false pass 1-3% against 29-38% for a re-solve)."""
+    solver's (research/check_ceiling.py: false pass 1-3% against 29-38% for a re-solve)."""
     m = ONE_STEP.fullmatch(p.question)
     if m is None or not re.fullmatch(r"-?\d+", candidate):
         return None

@@ -48,7 +48,7 @@ def test_reward_periods_raise_judge_accuracy_from_a_weak_judge():
     """Reward periods on the tiny model, not a mock: judge accuracy rises, verdicts stay mixed.
 
     The start is a weak judge (the shipped model's SFT continued 200 steps with verdicts right
-    70% of the time, as `benchmarks/weak_judge.py`): its verdict barely follows its own
+    70% of the time, as `research/weak_judge.py`): its verdict barely follows its own
     digit-by-digit comparison. The judge data is recycled by the real rules (balanced labels)
     from made-up rollout groups whose wrong answers are near misses, because the model's own
     errors are systematic and its re-solve repeats them (a self-check of its own answers tops

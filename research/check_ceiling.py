@@ -15,7 +15,7 @@ Per check: the share of passes on correct candidates (true pass) and on wrong on
 pass), and the balanced accuracy of a judge that follows the check exactly:
 (true pass + 1 - false pass) / 2. Synthetic one-step problems only.
 
-Run: `.venv/bin/python benchmarks/check_ceiling.py [--checkpoint data/tiny-model] [--problems 200]`
+Run: `.venv/bin/python research/check_ceiling.py [--checkpoint data/tiny-model] [--problems 200]`
 """
 
 from __future__ import annotations

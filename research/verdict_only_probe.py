@@ -10,7 +10,7 @@ P(`Yes`) by trace type every 2 iterations, for `--modes verdict full centered`: 
 only, whole responses (control), whole responses with the advantage centred per verdict.
 
 Byte-level tokenizer only (the tiny model): token offsets are byte offsets.
-Run: `.venv/bin/python benchmarks/verdict_only_probe.py --checkpoint /tmp/weak-judge-70 --iterations 8`
+Run: `.venv/bin/python research/verdict_only_probe.py --checkpoint /tmp/weak-judge-70 --iterations 8`
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ continues the model's supervised training on solve problems of exactly those inv
 (built from training problems: c is the right answer or a near miss, as a judge would see),
 mixed half and half with the original solve problems, then measures both checks again.
 
-Run: `.venv/bin/python benchmarks/teach_inverse.py --steps 300 [--from data/tiny-model] [--out DIR]`;
+Run: `.venv/bin/python research/teach_inverse.py --steps 300 [--from data/tiny-model] [--out DIR]`;
 on a GPU: `--device cuda --steps 12000 --measure-at 1200 3000 6000`.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "research"))
 
 from check_ceiling import ONE_STEP, ceilings, held_out_one_step, print_ceilings  # noqa: E402
 

@@ -7,7 +7,7 @@ with some judging skill. This writes a checkpoint and prints its solve accuracy 
 metrics on a reward benchmark built like the pipeline's (its own sampled answers to held-out
 problems): accuracy, verdict shares and AUROC.
 
-Run: `.venv/bin/python benchmarks/weak_judge.py --p 0.7 --steps 200 --out /tmp/weak-judge`
+Run: `.venv/bin/python research/weak_judge.py --p 0.7 --steps 200 --out /tmp/weak-judge`
 """
 
 from __future__ import annotations

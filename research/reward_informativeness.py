@@ -8,7 +8,7 @@ by (label, trace's check computed right?): the share of each cell and its reward
 A check is "computed right" when the trace's recomputed number equals what a correct check
 gives: the inverse value c-b (c+b) for an inverse trace, the reference answer for a re-solve.
 
-Run: `.venv/bin/python benchmarks/reward_informativeness.py CHECKPOINT [--problems 96]`.
+Run: `.venv/bin/python research/reward_informativeness.py CHECKPOINT [--problems 96]`.
 """
 
 from __future__ import annotations

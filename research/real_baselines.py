@@ -1,7 +1,7 @@
 """Baselines of a real model before RL: the policy on GSM8K and the synthetic held-out set, and
 the model as a judge of its own sampled answers (the numbers the real experiment starts from).
 
-    .venv/bin/python benchmarks/real_baselines.py --checkpoint data/models/qwen2.5-coder-0.5b-instruct \
+    .venv/bin/python research/real_baselines.py --checkpoint data/models/qwen2.5-coder-0.5b-instruct \
         --out docs/bench/real_baselines_base.json
 
 1. GSM8K: the first `--gsm8k` problems of the shared test file, greedy, `step_by_step` prompt,

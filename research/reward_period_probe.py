@@ -4,7 +4,7 @@ From the shipped checkpoint: each period samples G=8 answers to 32 training prob
 policy update), recycles them (balanced labels), and runs one reward period on at most 32
 judge + 32 reflection prompts. Every 3 periods it measures greedy judge accuracy and verdict
 shares on a fixed balanced held-out judge set (60 problems, 120 prompts).
-Run: `.venv/bin/python benchmarks/reward_period_probe.py --lr 5e-4 --mini-batch 64 --periods 15`.
+Run: `.venv/bin/python research/reward_period_probe.py --lr 5e-4 --mini-batch 64 --periods 15`.
 """
 
 from __future__ import annotations
