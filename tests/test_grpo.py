@@ -238,8 +238,11 @@ def test_policy_loss_registry_and_shape_check():
     with pytest.raises(KeyError, match="clipped"):
         policy_loss_fn("gspo")
     assert set(POLICY_LOSSES) == {"clipped"}
-    with pytest.raises(ValueError, match=r"advantages \(B,\)"):
-        policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"advantages \(B,\) or \(B, T\)"):
+        policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=r"advantages \(B,\) or \(B, T\)"):
+        policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4), torch.ones(2, 3))
+    policy_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 3))  # per-token: accepted
 
 
 # ---------------------------------------------------------------- k3 KL
