@@ -123,8 +123,8 @@ def experiment(
     out: Optional[Path] = typer.Option(None, "--out", help="Where results.parquet, results.md and coevolution.png go."),
 ) -> None:
     """SPARK against its GRPO ablations with identical seeds and data (the Prefect flow `experiment`)."""
-    # The one command that runs a Prefect flow: imported here so the rest of the CLI (and
-    # spark_core) stays free of Prefect.
+    # The one command that runs a Prefect flow: imported here so the other commands start
+    # without loading Prefect.
     from flows.experiment_flow import experiment as run_experiment
     from flows.local import api_or_ephemeral
 

@@ -323,11 +323,8 @@ def _expected_rewards(cfg: SparkConfig, run_dir: Path, k: int, groups: list[list
     for n, i in enumerate(judged):
         rows[i] |= dict(expected_reward=p[n], verdict_index=where[n], advantage=trace[n],
                         verdict_advantage=verdict[n] if where[n] is not None else None)
-    groups_p: dict[int, list[float]] = {}
-    for g, x in zip(gids, p):
-        groups_p.setdefault(g, []).append(x)
-    var = [sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v) for v in groups_p.values()]
-    return {"judge_expected_reward_mean": sum(p) / len(p), "judge_group_expected_variance": sum(var) / len(var),
+    return {"judge_expected_reward_mean": sum(p) / len(p),
+            "judge_group_expected_variance": judge_reward.mean_group_variance(p, gids),
             "judge_flat_groups_hard": judge_reward.flat_share(hard, gids),
             "judge_flat_groups_expected": judge_reward.flat_share(p, gids)}
 

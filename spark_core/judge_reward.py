@@ -116,10 +116,15 @@ def weight_advantages(rows: list[dict], weights: dict[str, float]) -> dict[str, 
 def group_reward_variance(rows: list[dict], group_ids: list[int], kinds=("pointwise", "pairwise")) -> float | None:
     """Mean over judge groups of the population variance of their rewards (0 for a group whose
     verdicts all agree: the signal the hard 0/1 reward loses)."""
+    picked = [(r["reward"], g) for r, g in zip(rows, group_ids) if r["kind"] in kinds]
+    return mean_group_variance([x for x, _ in picked], [g for _, g in picked])
+
+
+def mean_group_variance(values: Sequence[float], group_ids: Sequence[int]) -> float | None:
+    """Mean over groups of the population variance of their values (None without values)."""
     groups: dict[int, list[float]] = {}
-    for r, g in zip(rows, group_ids):
-        if r["kind"] in kinds:
-            groups.setdefault(g, []).append(r["reward"])
+    for x, g in zip(values, group_ids):
+        groups.setdefault(g, []).append(x)
     if not groups:
         return None
     var = [sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v) for v in groups.values()]

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import torch
 
-from spark_core.templates import verdict_options
 
 BOX = "\\boxed{"
 BATCH = 8  # sequences per forward pass
@@ -42,15 +41,22 @@ def verdict_site(tokenizer, token_ids: Sequence[int]) -> VerdictSite | None:
         c += 1
     if c >= len(text) or text[c] == "}":
         return None
-    before = 0  # length of the decoded text of token_ids[:j]
-    for j in range(len(token_ids)):
-        upto = len(tokenizer.decode(list(token_ids[: j + 1]), skip_special_tokens=True))
-        if upto > c:
-            return VerdictSite(j, text[before:c])
-        before = upto
-    return None
+    def upto(j: int) -> int:  # length of the decoded text of token_ids[:j]
+        return len(tokenizer.decode(list(token_ids[:j]), skip_special_tokens=True))
+
+    # The first j whose prefix through token j passes c, by bisection (prefix lengths only grow):
+    # log n decodes instead of n for a 1,024-token response.
+    lo, hi = 0, len(token_ids)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if upto(mid + 1) > c:
+            hi = mid
+        else:
+            lo = mid + 1
+    return VerdictSite(lo, text[upto(lo):c]) if lo < len(token_ids) else None
 
 
+_PIECES: dict[tuple, list[str]] = {}  # each token's text, per tokenizer
 _OPTION_TOKENS: dict[tuple, list[int]] = {}
 
 
@@ -65,11 +71,12 @@ def _starts_option(piece: str, lead: str, option: str) -> bool:
 
 def option_tokens(tokenizer, lead: str, option: str) -> list[int]:
     """Token ids whose text starts the option after `lead` (cached per tokenizer, lead and option)."""
-    key = (getattr(tokenizer, "name_or_path", ""), len(tokenizer), lead, option)
+    tk = (getattr(tokenizer, "name_or_path", ""), len(tokenizer))
+    if tk not in _PIECES:
+        _PIECES[tk] = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=True)
+    key = tk + (lead, option)
     if key not in _OPTION_TOKENS:
-        n = len(tokenizer)
-        pieces = tokenizer.batch_decode([[i] for i in range(n)], skip_special_tokens=True)
-        _OPTION_TOKENS[key] = [i for i, piece in enumerate(pieces) if _starts_option(piece, lead, option)]
+        _OPTION_TOKENS[key] = [i for i, piece in enumerate(_PIECES[tk]) if _starts_option(piece, lead, option)]
     return _OPTION_TOKENS[key]
 
 
@@ -97,8 +104,7 @@ def right_verdict_probability(model, tokenizer, prompt_ids: Sequence[Sequence[in
                            logits_to_keep=1).logits[:, -1, :].float()  # (B, V)
             p = torch.softmax(logits / temperature, dim=-1).cpu()  # (B, V)
             for row, i in enumerate(chunk):
-                right = next(o for o in verdict_options(labels[i]) if o.casefold() == labels[i].casefold())
-                toks = option_tokens(tokenizer, sites[i].lead, right)
+                toks = option_tokens(tokenizer, sites[i].lead, labels[i])  # the label is the right option
                 probs[i] = float(p[row, toks].sum()) if toks else 0.0
     finally:
         model.train(was)
