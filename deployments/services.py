@@ -3,6 +3,7 @@
     python -m deployments.services start    # server on 127.0.0.1, SQLite under DATA/prefect/, then serve
     python -m deployments.services status
     python -m deployments.services stop     # nothing of ours is left running afterwards
+    python -m deployments.services mlflow-ui   # the MLflow UI on 127.0.0.1:5000 over DATA/mlflow/mlflow.db
 
 Both run detached (their own sessions), log to DATA/prefect/*.log, and are recorded in
 DATA/prefect/services.json. `stop` also ends the flow runs the serving process started (the
@@ -26,6 +27,7 @@ from flows.local import http_status
 from spark_core.tracking import REPO, default_data_dir
 
 DEFAULT_PORT = 4200
+DEFAULT_MLFLOW_PORT = 5000
 
 
 def prefect_env(data_dir: Path, port: int) -> dict[str, str]:
@@ -182,14 +184,26 @@ def stop(data_dir: Path, quiet: bool = False, grace: float = 15.0) -> list[int]:
     return left
 
 
+def mlflow_ui_command(data_dir: Path, port: int = DEFAULT_MLFLOW_PORT) -> list[str]:
+    """The MLflow UI over the SQLite tracking store, bound to the loopback interface only."""
+    from spark_core.tracking import ui_args
+
+    return [str(Path(sys.executable).with_name("mlflow")), *ui_args(data_dir, port)[1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=("start", "stop", "status"))
+    ap.add_argument("action", choices=("start", "stop", "status", "mlflow-ui"))
     ap.add_argument("--data-dir", type=Path, default=None, help="default: SPARK_DATA_DIR or the repository's data/")
     ap.add_argument("--port", type=int, default=int(os.environ.get("SPARK_PREFECT_PORT", DEFAULT_PORT)))
+    ap.add_argument("--mlflow-port", type=int, default=DEFAULT_MLFLOW_PORT, help="mlflow-ui: its port on 127.0.0.1")
     ap.add_argument("--server-only", action="store_true", help="start: no serving process (for a work pool and worker)")
     a = ap.parse_args(argv)
     data_dir = (a.data_dir or default_data_dir()).resolve()
+    if a.action == "mlflow-ui":  # in the foreground, until Ctrl-C
+        cmd = mlflow_ui_command(data_dir, a.mlflow_port)
+        print(f"MLflow UI: http://127.0.0.1:{a.mlflow_port} ({cmd[-1]})", flush=True)
+        return subprocess.call(cmd, cwd=REPO)
     if a.action == "start":
         start(data_dir, a.port, serve=not a.server_only)
     elif a.action == "stop":

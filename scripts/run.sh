@@ -17,7 +17,7 @@ cat <<MSG
 
 Where to look:
   Prefect UI:      http://127.0.0.1:4200  (flow runs, task runs, logs)
-  MLflow curves:   .venv/bin/$(python -c 'from spark_core.tracking import ui_command, default_data_dir; print(ui_command(default_data_dir()))')
+  MLflow curves:   .venv/bin/python -m deployments.services mlflow-ui   (binds 127.0.0.1 only)
                    then http://127.0.0.1:5000 (experiment "spark", run "tiny"); plot: $RUN/coevolution.png
   SQL over tables: .venv/bin/spark sql "select kind, count(*) from judge_data group by kind" --run $RUN
   One more iteration now:   source .venv/bin/activate && prefect deployment run spark/iterate --watch

@@ -57,6 +57,14 @@ def connect(run_dir: Path) -> duckdb.DuckDBPyConnection:
         raise SqlError(f"{run_dir}: no such run directory")
     con = duckdb.connect(":memory:")
     con.execute(views_sql(run_dir))
+    tables = str((run_dir / "tables").resolve()) + "/"
+    # The order matters: the allowed directory must be set while external access is on, and
+    # the lock last, so that no statement (SET, RESET, PRAGMA) can undo the sandbox.
+    con.execute("SET temp_directory = ''")  # else DuckDB also allows reads under ./.tmp/
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute(f"SET allowed_directories = [{_quote(tables)}]")
+    con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
 
@@ -84,6 +92,9 @@ def query(run_dir: Path, sql: str) -> pa.Table:
         for st in check_read_only(con, sql):
             result = con.sql(st.query).to_arrow_table()
         return result
+    except duckdb.PermissionException as e:
+        raise SqlError(f"refused: {str(e).splitlines()[0]} (spark sql reads only the run's own tables, under "
+                       f"{Path(run_dir) / 'tables'})") from e
     except duckdb.Error as e:
         raise SqlError(str(e).splitlines()[0]) from e
     finally:

@@ -41,8 +41,13 @@ def artifact_location(data_dir: str | Path) -> str:
     return (Path(data_dir) / "mlflow" / "artifacts").resolve().as_uri()
 
 
+def ui_args(data_dir: str | Path, port: int = 5000) -> list[str]:
+    """`mlflow ui` over the tracking store, bound to the loopback interface only (tested)."""
+    return ["mlflow", "ui", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri", tracking_uri(data_dir)]
+
+
 def ui_command(data_dir: str | Path) -> str:
-    return f"mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri {tracking_uri(data_dir)}"
+    return " ".join(ui_args(data_dir))
 
 
 _ALLOWED = re.compile(r"[^A-Za-z0-9_\-. :/]")

@@ -46,3 +46,71 @@ def test_services_serve_iterate_and_stop(tmp_path):
     for pid in pids:  # nothing of ours left (a zombie awaiting its reaper is not running)
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
+
+
+def listening(pids: list[int]) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket in LISTEN state that one of `pids` holds (from /proc)."""
+    inodes = set()
+    for pid in pids:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        except (FileNotFoundError, PermissionError):
+            continue
+    out = set()
+    for table, family in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 6)):
+        if not Path(table).exists():
+            continue
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] != "0A" or f[9] not in inodes:  # 0A: LISTEN
+                continue
+            addr, port = f[1].split(":")
+            raw = bytes.fromhex(addr)
+            if family == 4:
+                ip = socket.inet_ntop(socket.AF_INET, raw[::-1])
+            else:  # four little-endian 32-bit words
+                ip = socket.inet_ntop(socket.AF_INET6, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+            out.add((ip, int(port, 16)))
+    return out
+
+
+def _loopback_only(pids: list[int], port: int) -> None:
+    socks = listening(pids)
+    assert (("127.0.0.1", port) in socks), socks
+    assert all(ip == "127.0.0.1" for ip, _ in socks), f"a socket listens beyond the loopback interface: {socks}"
+
+
+def test_prefect_server_binds_loopback_only(tmp_path):
+    data, port = tmp_path / "data", _free_port()
+    args = ["--data-dir", str(data), "--port", str(port)]
+    try:
+        assert main(["start", "--server-only", *args]) == 0
+        st = status(data, port)
+        _loopback_only([st["server_pid"], *descendants(st["server_pid"])], port)
+    finally:
+        main(["stop", *args])
+
+
+def test_mlflow_ui_binds_loopback_only(tmp_path):
+    import time
+
+    from deployments.services import _terminate
+    from flows.local import http_status
+
+    data, port = tmp_path / "data", _free_port()
+    (data / "mlflow").mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-m", "deployments.services", "mlflow-ui", "--data-dir", str(data),
+                             "--mlflow-port", str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while http_status(f"http://127.0.0.1:{port}/health") != 200:
+            assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the MLflow UI did not answer within 120 s"
+            time.sleep(0.5)
+        _loopback_only([proc.pid, *descendants(proc.pid)], port)
+    finally:
+        _terminate([proc.pid, *descendants(proc.pid)], 10)
