@@ -31,6 +31,12 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _os_error(e: OSError) -> str:
+    """A file-system fault (full disk, read-only directory, ...) as one line naming the path."""
+    why = e.strerror or str(e).splitlines()[0]
+    return f"{e.filename}: {why}" if e.filename else why
+
+
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -77,6 +83,8 @@ def iterate(
                 typer.echo(summary_line(k, run_iteration(cfg, run, k)["metrics"]))
     except (InputError, CheckpointError, RunLocked, ValueError) as e:
         _fail(str(e))
+    except OSError as e:
+        _fail(_os_error(e))
 
 
 @app.command(rich_help_panel="Running")

@@ -279,6 +279,15 @@ class EvalConfig(_Section):
     """N for self-verified best-of-N at test time (0: off)."""
 
 
+class CheckpointsConfig(_Section):
+    """Which iteration checkpoints a run keeps on disk (spark_core/iteration.py `finish`)."""
+
+    keep_last: int = Field(2, ge=1)
+    """The newest this many iteration checkpoints are kept (the next iteration starts from the newest)."""
+    keep_every: int = Field(0, ge=0)
+    """M: also keep every M-th iteration's checkpoint for good (iterations M-1, 2M-1, ...; 0: none)."""
+
+
 class SparkConfig(_Section):
     """A whole SPARK run."""
 
@@ -304,6 +313,8 @@ class SparkConfig(_Section):
     """Recycling and the reward period."""
     eval: EvalConfig = EvalConfig()
     """The evaluate stage."""
+    checkpoints: CheckpointsConfig = CheckpointsConfig()
+    """Checkpoint retention."""
 
     def resolved(self) -> dict:
         """Every field, defaults included, as plain JSON-able data."""
@@ -316,7 +327,7 @@ class SparkConfig(_Section):
 
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
-_LATE_FIELDS = {"prompts": None, "warmup": None, "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast"),
+_LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast"),
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward")}
 
 

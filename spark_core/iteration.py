@@ -15,7 +15,7 @@ matches the config is skipped. What flows between stages:
   directory plus optimizer/scheduler state); the reward rollout and the reward period start
   from it. Removed once the iteration is complete.
 - `RUN/checkpoints/iteration=k/`: the model after the reward period; the next iteration
-  starts from it. The last KEEP_CHECKPOINTS are kept.
+  starts from it. The last `checkpoints.keep_last` are kept, and every `checkpoints.keep_every`-th.
 - `judge_data` (the FIFO cache), `updates` (part = phase), `evals`.
 
 Killed at any point, a re-run redoes only the unfinished stage from its inputs: table parts
@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spark_core.checkpoint import check_model_dir, load_checkpoint, save_checkpoint
+from spark_core.checkpoint import CheckpointError, check_model_dir, load_checkpoint, save_checkpoint
 from spark_core.config import SparkConfig, config_hash, stable_resolved
 from spark_core.evaluate import (
     JudgeItem, build_judge_set, policy_metrics, rows_for_evals, run_judge_set, sample_groups, tts_best_of_n, tts_reflect,
@@ -57,8 +57,8 @@ from spark_core.records import InputError
 from spark_core import judge_reward, warmup
 from spark_core.rollout import Sample, SamplingSpec, encode_prompts, make_engine, pick_device
 from spark_core.store import (
-    atomic_write_bytes, atomic_write_parquet, clean_staging, part_path, read_manifest, read_table, stage_complete,
-    staging_dir, write_manifest, write_table,
+    atomic_write_bytes, atomic_write_parquet, checkpoint_problem, clean_staging, part_path, read_manifest, read_table, stage_complete,
+    staging_dir, write_error, write_manifest, write_table,
 )
 from spark_core.trainer import TRAINER_STATE, Trainer, TrainSettings, settings_from_config
 from spark_core.verdict_prob import right_verdict_probability
@@ -68,7 +68,6 @@ log = logging.getLogger(__name__)
 STAGES = ("warmup", "rollout_policy", "verify_policy", "train_policy", "recycle",
           "rollout_reward", "verify_reward", "train_reward", "evaluate")
 DONE = "iteration"  # the manifest that closes an iteration
-KEEP_CHECKPOINTS = 2
 #: How each stage's metrics are named in the `iteration` manifest and in MLflow.
 METRIC_PREFIX = {"warmup": "warmup/", "rollout_policy": "policy/", "verify_policy": "policy/", "train_policy": "policy/train_",
                  "recycle": "recycle/", "rollout_reward": "reward/", "verify_reward": "reward/",
@@ -94,11 +93,11 @@ def samples_path(run_dir: Path, iteration: int, phase: str) -> Path:
 
 def iteration_hash(cfg: SparkConfig) -> str:
     """What the training stages depend on: the config less the bootstrap recipe, the evaluation
-    settings, the number of iterations per flow run and `train.packing` (changing those must
-    not redo training)."""
+    settings, the number of iterations per flow run, checkpoint retention and `train.packing`
+    (changing those must not redo training)."""
     data = stable_resolved(cfg)
-    for key in ("bootstrap", "eval", "iterations"):
-        data.pop(key)
+    for key in ("bootstrap", "eval", "iterations", "checkpoints"):
+        data.pop(key, None)
     # Packing lays out the same sequences differently (the loss is equal up to rounding): a
     # run may switch it on or off, and runs made before the option existed keep their hash.
     data["train"].pop("packing")
@@ -180,6 +179,10 @@ def _start_model(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: checkpoint missing; the stage that writes it must run first "
                                 f"(delete {Path(run_dir) / 'manifests'} for iteration {k} to redo it)")
+    problem = checkpoint_problem(path)
+    if problem is not None:  # damaged after its iteration closed: nothing left here can rebuild it
+        raise CheckpointError(f"{path}: {problem}; iteration {k} starts from it and the iteration that wrote it "
+                              f"is closed: restore the folder, or start a new run from an intact checkpoint")
     return path
 
 
@@ -344,11 +347,18 @@ def _label_weighting(cfg: SparkConfig, run_dir: Path, k: int, rows: list[dict]) 
 
 def _replace_dir(out: Path, write: Callable[[Path], None]) -> None:
     """Write a directory beside `out`, then put it in place: a kill leaves the old one or none."""
-    tmp = out.with_name(out.name + ".tmp")
+    tmp, old = out.with_name(out.name + ".tmp"), out.with_name(out.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    shutil.rmtree(out, ignore_errors=True)
+    try:
+        write(tmp)
+    except OSError as e:  # a full disk: the partial copy goes, the old directory stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(out, e) from e
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
     tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _period_batch(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list, float, dict]:
@@ -601,6 +611,7 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     the intermediate policy checkpoint and checkpoints beyond the retention rule."""
     run_dir = Path(run_dir)
     key = iteration_hash(cfg)
+    doomed = retired_checkpoints(cfg, run_dir, k)
     if not stage_complete(run_dir, DONE, k, key):
         docs = {stage: read_manifest(run_dir, stage, k) for stage in STAGES}
         missing = [s for s, doc in docs.items() if doc is None and s not in ("evaluate", "warmup")]
@@ -613,13 +624,46 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
         # iteration stays complete after its checkpoint is gone.
         write_manifest(run_dir, DONE, k, key, outputs={}, inputs={"checkpoint": str(checkpoint_dir(run_dir, k))},
                        rows={s: sum(doc.get("rows", {}).values()) for s, doc in docs.items()},
-                       seconds=sum(seconds.values()), extra={"metrics": metrics, "stage_seconds": seconds})
+                       seconds=sum(seconds.values()),
+                       extra={"metrics": metrics, "stage_seconds": seconds, "disk": disk_use(run_dir, doomed),
+                              "checkpoints_kept": kept_checkpoints(run_dir, doomed)})
     _fault("finish")
-    for old in range(k, -1, -1):  # a killed earlier close may have left some behind
-        shutil.rmtree(checkpoint_dir(run_dir, old, "policy"), ignore_errors=True)
-    for old in range(k - KEEP_CHECKPOINTS, -1, -1):  # retention: disk stays bounded
-        shutil.rmtree(checkpoint_dir(run_dir, old), ignore_errors=True)
+    for path in doomed:  # after the manifest: a killed close redoes this on re-run, never a stage
+        shutil.rmtree(path, ignore_errors=True)
     return read_manifest(run_dir, DONE, k)
+
+
+def retired_checkpoints(cfg: SparkConfig, run_dir: Path, k: int) -> list[Path]:
+    """The checkpoint folders closing iteration k removes: every intermediate policy checkpoint
+    (a killed earlier close may have left some behind), and the iteration checkpoints older
+    than the newest `keep_last` that are not every `keep_every`-th (the warm-up's is kept)."""
+    c = cfg.checkpoints
+    policy = [checkpoint_dir(run_dir, old, "policy") for old in range(k, -1, -1)]
+    kept = lambda old: old > k - c.keep_last or (c.keep_every and (old + 1) % c.keep_every == 0)  # noqa: E731
+    done = [checkpoint_dir(run_dir, old) for old in range(k, -1, -1) if not kept(old)]
+    return [p for p in policy + done if p.exists()]
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def disk_use(run_dir: Path, doomed: list[Path] = ()) -> dict:
+    """Bytes on disk of the run and its parts, as they will be once `doomed` is removed."""
+    gone = sum(_size(p) for p in doomed)
+    ckpt = run_dir / "checkpoints"
+    out = {"run_bytes": _size(run_dir) - gone, "checkpoints_bytes": (_size(ckpt) if ckpt.exists() else 0) - gone}
+    for part in ("tables", "samples"):
+        out[f"{part}_bytes"] = _size(run_dir / part) if (run_dir / part).exists() else 0
+    return out
+
+
+def kept_checkpoints(run_dir: Path, doomed: list[Path] = ()) -> list[str]:
+    ckpt = run_dir / "checkpoints"
+    return sorted(p.name for p in ckpt.iterdir()
+                  if p.is_dir() and p not in doomed and not p.name.endswith((".tmp", ".old"))) if ckpt.exists() else []
 
 
 def stage_calls(cfg: SparkConfig, run_dir: Path, k: int) -> list[tuple[str, Callable[[], dict | None]]]:

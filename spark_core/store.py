@@ -15,6 +15,7 @@ partition path, not from the files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import time
@@ -76,8 +77,11 @@ DUCKDB_TYPES = {
 }
 
 
+log = logging.getLogger(__name__)
+
+
 class StoreError(ValueError):
-    """A table write that does not match its schema, or a bad table name."""
+    """A table write that does not match its schema, a bad table name, or an unreadable part."""
 
 
 def _check_name(table: str) -> pa.Schema:
@@ -149,16 +153,27 @@ def staging_dir(run_dir: Path) -> Path:
     return path
 
 
+def write_error(path: Path, e: OSError) -> OSError:
+    """A failed write (full disk, read-only file system, ...) as one line naming the file it was for."""
+    why = e.strerror or str(e).splitlines()[0]
+    return OSError(e.errno, f"cannot write ({why}); what the run had written before is as it was: "
+                            f"re-run once the fault is cleared", str(path))
+
+
 def atomic_write_bytes(path: Path, data: bytes, run_dir: Path | None = None) -> None:
     """Write `data` to `path` through a staged temp file and a rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = (staging_dir(run_dir) if run_dir else path.parent) / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_error(path, e) from e
     _fsync_dir(path.parent)
 
 
@@ -175,6 +190,8 @@ def atomic_write_parquet(table: pa.Table, path: Path, stage_in: Path | None = No
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # pyarrow's I/O errors are OSErrors too
+        raise write_error(path, e) from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -237,7 +254,11 @@ def read_table(run_dir: Path, table: str) -> pa.Table:
         return schema.empty_table()
     parts = []
     for f in files:
-        t = pq.read_table(f)
+        try:
+            t = pq.read_table(f)
+        except (pa.ArrowException, OSError) as e:
+            raise StoreError(f"{f}: {parquet_problem(f) or 'unreadable'} ({str(e).splitlines()[0]}); "
+                             f"{_owner_hint(run_dir, f)}") from e
         if table not in UNPARTITIONED:
             k = int(f.parent.name.split("=", 1)[1])
             t = t.append_column("iteration", pa.array([k] * t.num_rows, pa.int32()))
@@ -287,14 +308,91 @@ def read_manifest(run_dir: Path, stage: str, iteration: int | None) -> dict | No
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None  # unreadable: treat the stage as not done, it will be redone
+        doc = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        doc = None
+    if not isinstance(doc, dict):
+        log.warning("%s: not a JSON manifest (corrupted); stage %s is treated as not done and redone", path, stage)
+        return None
+    return doc
+
+
+#: What a Hugging Face checkpoint folder needs besides config.json: one of these weight files.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def parquet_problem(path: Path) -> str | None:
+    """Why a Parquet file cannot be read (its footer checked: a truncated write fails here), or None."""
+    try:
+        pq.read_metadata(path)
+    except (pa.ArrowException, OSError) as e:
+        return f"not a readable Parquet file (truncated or corrupted: {str(e).splitlines()[0]})"
+    return None
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why a checkpoint folder is incomplete (missing config or weights, a truncated index), or None."""
+    path = Path(path)
+    if not path.is_dir():
+        return "missing"
+    if not (path / "config.json").is_file():
+        return "incomplete checkpoint: no config.json"
+    present = [w for w in WEIGHT_FILES if (path / w).is_file()]
+    if not present:
+        return f"incomplete checkpoint: no weights ({' or '.join(WEIGHT_FILES[:1] + WEIGHT_FILES[2:3])})"
+    if present[0].endswith(".index.json"):
+        try:
+            shards = set(json.loads((path / present[0]).read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError):
+            return f"incomplete checkpoint: {present[0]} is not a valid index"
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            return f"incomplete checkpoint: weight shard {missing[0]} is missing"
+    return None
+
+
+def output_problem(path: Path) -> str | None:
+    """Why a stage output is unusable (missing, an unreadable Parquet file, an incomplete checkpoint), or None."""
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    if path.suffix == ".parquet":
+        return parquet_problem(path)
+    if path.is_dir() and path.parent.name == "checkpoints":
+        return checkpoint_problem(path)
+    return None
+
+
+def _owner_hint(run_dir: Path, path: Path) -> str:
+    """Which stage wrote `path` (from the manifests) and how to have it redone."""
+    run_dir = Path(run_dir)
+    rel = str(Path(path).resolve().relative_to(run_dir.resolve()))
+    for m in sorted((run_dir / "manifests").rglob("*.json")):
+        try:
+            doc = json.loads(m.read_text())
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(doc, dict) and rel in doc.get("outputs", {}).values():
+            return (f"it was written by stage {doc.get('stage')} of iteration {doc.get('iteration')} "
+                    f"({m}); restore the file, or start a new run from the last good checkpoint")
+    return "no manifest names it as an output; restore or remove it"
 
 
 def stage_complete(run_dir: Path, stage: str, iteration: int | None, config_hash: str) -> bool:
-    """True when the stage's manifest exists, matches `config_hash`, and its outputs exist."""
+    """True when the stage's manifest exists, matches `config_hash`, and its outputs are usable:
+    each exists, a Parquet output's footer reads, a checkpoint it wrote has its weights. A damaged
+    output is logged (naming the file) and makes the stage not done, so a re-run redoes it."""
     doc = read_manifest(run_dir, stage, iteration)
     if doc is None or doc.get("config_hash") != config_hash:
         return False
-    return all((Path(run_dir) / p).exists() for p in doc.get("outputs", {}).values())
+    paths = [Path(run_dir) / p for p in doc.get("outputs", {}).values()]
+    if doc.get("checkpoint"):  # a train stage's checkpoint (not an output: retention may remove it later);
+        # found by its name under this run, wherever the run was reached from when it was written
+        paths.append(Path(run_dir) / "checkpoints" / Path(doc["checkpoint"]).name)
+    for path in paths:
+        problem = output_problem(path)
+        if problem is not None:
+            if problem != "missing":
+                log.warning("%s: %s; stage %s of iteration %s is redone", path, problem, stage, iteration)
+            return False
+    return True
