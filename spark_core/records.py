@@ -37,11 +37,26 @@ def file_format(path: Path) -> str:
     raise InputError(f"{path}: unknown file type {suffix!r}; use one of {', '.join(SUFFIXES)}")
 
 
+class _DuplicateField(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a key given twice (json.loads would silently keep the last)."""
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateField(k)
+        out[k] = v
+    return out
+
+
 def read_records(path: str | Path) -> Iterator[Record]:
     """Yield every row of a JSONL or Parquet file; an unreadable row carries its error.
 
     JSONL is read as bytes and decoded line by line, so invalid UTF-8 or invalid JSON on
-    one line is that line's error, not the file's. Blank lines are skipped.
+    one line is that line's error, not the file's (a key given twice, or nesting too deep for
+    the parser, too). Blank lines are skipped.
     """
     path = Path(path)
     if not path.is_file():
@@ -59,9 +74,15 @@ def read_records(path: str | Path) -> Iterator[Record]:
                 yield Record(number, None, f"line {number}: invalid UTF-8 at byte {e.start}")
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line, object_pairs_hook=_no_duplicates)
             except json.JSONDecodeError as e:
                 yield Record(number, None, f"line {number}: invalid JSON ({e.msg} at column {e.colno})")
+                continue
+            except _DuplicateField as e:
+                yield Record(number, None, f"line {number}: duplicate field {e.args[0]!r}")
+                continue
+            except RecursionError:
+                yield Record(number, None, f"line {number}: JSON nested too deeply ({len(line)} characters)")
                 continue
             if not isinstance(value, dict):
                 yield Record(number, None, f"line {number}: expected a JSON object, got {type(value).__name__}")
