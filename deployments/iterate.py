@@ -10,6 +10,7 @@ subprocesses until stopped. Environment:
     SPARK_TIMEZONE   IANA time zone of the schedule (default UTC)
     SPARK_RUN        run name the deployment extends (default "tiny")
     SPARK_CONFIG     config file (default configs/tiny.yaml)
+    SPARK_SERVE_LIMIT  flow runs executed at once (default 1: queued runs take turns)
 
 For a work pool and `prefect worker start` instead, see prefect.yaml in this folder.
 """
@@ -32,6 +33,9 @@ def main() -> None:
         parameters={"run": os.environ.get("SPARK_RUN", "tiny"), "config": os.environ.get("SPARK_CONFIG", DEFAULT_CONFIG)},
         description="One more SPARK iteration (or the config's `iterations`) on the run, nightly.",
         tags=["spark"],
+        # One flow run at a time: queued runs wait their turn (one machine, one model in
+        # memory; runs on the same run directory would otherwise race for its lock).
+        limit=int(os.environ.get("SPARK_SERVE_LIMIT", "1")),
     )
 
 

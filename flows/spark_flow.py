@@ -32,19 +32,21 @@ def resolve_run(run: str, data_dir: Path) -> Path:
 
 @flow(name="spark", log_prints=True)
 def spark(run: str = "tiny", config: str = DEFAULT_CONFIG, iterations: int | None = None,
-          data_dir: str | None = None) -> dict:
+          data_dir: str | None = None, lock_wait_s: float = 6 * 3600) -> dict:
     """Run `iterations` more SPARK iterations (default: the config's `iterations`) on run `run`.
 
     run: a run name (a folder under DATA/runs) or a directory path.
     config: a YAML config (relative paths: from the repository root).
     data_dir: where runs and the MLflow store live (default: SPARK_DATA_DIR or the repo's data/).
+    lock_wait_s: how long to wait for another process (a flow run, `spark iterate`) working on
+        the same run to finish before failing: flow runs queued on one run take turns.
     """
     logger = get_run_logger()
     data = Path(data_dir).resolve() if data_dir else default_data_dir()
     run_dir = resolve_run(run, data)
     cfg = load_config(resolve_path(config))
     n = iterations or cfg.iterations
-    with run_lock(run_dir):
+    with run_lock(run_dir, lock_wait_s):
         claim_run(cfg, run_dir)
         stages.prepare(cfg, run_dir)
         first = completed_iterations(run_dir, cfg)

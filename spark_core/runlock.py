@@ -22,17 +22,26 @@ class RunLocked(RuntimeError):
 
 
 @contextmanager
-def run_lock(run_dir: str | Path) -> Iterator[Path]:
+def run_lock(run_dir: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold the run's lock; when another process holds it, wait up to `wait_s` seconds for it
+    (polling once a second: queued flow runs take their turn), then RunLocked."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / ".lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + wait_s
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            raise RunLocked(f"{run_dir}: run is in use by {holder}; wait for it to finish or stop it") from None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                    continue
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                waited = f" (waited {wait_s:g}s)" if wait_s else ""
+                raise RunLocked(f"{run_dir}: run is in use by {holder}{waited}; wait for it to finish or stop it") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         yield path

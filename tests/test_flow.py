@@ -89,11 +89,34 @@ def test_second_run_on_a_locked_run_refuses(prefect_api, small_config, tmp_path)
     data = tmp_path / "data"
     run_dir = data / "runs" / "busy"
     with run_lock(run_dir):
-        with pytest.raises(RunLocked, match="in use by pid"):
-            spark(run="busy", config=str(small_config), data_dir=str(data))
+        with pytest.raises(RunLocked, match=r"in use by pid .*\(waited 1s\)"):
+            spark(run="busy", config=str(small_config), data_dir=str(data), lock_wait_s=1)
     assert not (run_dir / "tables").exists()  # refused before writing anything
     # the lock goes with its holder: once released, a run proceeds
     assert spark(run="busy", config=str(small_config), data_dir=str(data))["iterations"] == 1
+
+
+def test_a_locked_run_is_waited_for(tmp_path):
+    import threading
+    import time
+
+    run_dir = tmp_path / "run"
+    held = threading.Event()
+
+    def hold():
+        with run_lock(run_dir):
+            held.set()
+            time.sleep(1.5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    held.wait()
+    with pytest.raises(RunLocked):
+        with run_lock(run_dir, wait_s=0.2):
+            pass
+    with run_lock(run_dir, wait_s=60):  # taken once the holder lets go
+        assert not t.is_alive()
+    t.join()
 
 
 def _flow_process(config: Path, run_dir: Path, data: Path, api: str, fault: str | None) -> subprocess.CompletedProcess:
