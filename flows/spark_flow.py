@@ -6,7 +6,10 @@
 
 A flow run continues the run after its last completed iteration, so nightly runs extend one
 co-evolution; stages already complete (a crashed or killed earlier flow run) are skipped.
-Only one flow run works on a run directory at a time (a second one refuses).
+Only one flow run works on a run directory at a time (a second one waits for the lock).
+With `rollout.shards` > 1 each rollout stage is one task run per shard and a merge; with
+`runner: ray` the iterations run in a subflow whose task runner is a Ray cluster (prefect-ray),
+so the shards run side by side on its workers (see flows/runners.py).
 """
 
 from __future__ import annotations
@@ -50,23 +53,62 @@ def spark(run: str = "tiny", config: str = DEFAULT_CONFIG, iterations: int | Non
         claim_run(cfg, run_dir)
         stages.prepare(cfg, run_dir)
         first = completed_iterations(run_dir, cfg)
-        last = {}
-        for k in range(first, first + n):
-            if k == 0 and cfg.warmup.enabled:
-                stages.warmup(cfg, run_dir, k)
-            for phase in ("policy", "reward"):
-                if phase == "reward":
-                    stages.recycle(cfg, run_dir, k)
-                stages.rollout(cfg, run_dir, k, phase)
-                stages.verify(cfg, run_dir, k, phase)
-                stages.train(cfg, run_dir, k, phase)
-            stages.evaluate(cfg, run_dir, k)
-            last = stages.finish(cfg, run_dir, k)
-            stages.track(cfg, run_dir, k, data)
-            logger.info(summary_line(k, last["metrics"]))
+        if cfg.runner == "ray":  # the iterations in a subflow whose task runner is the Ray cluster
+            from flows.runners import ray_task_runner
+
+            last = iterations_on_ray.with_options(task_runner=ray_task_runner(cfg))(cfg, run_dir, first, n, data)
+        else:
+            last = iterate(cfg, run_dir, first, n, data)
     logger.info("run %s: %d iterations complete; tables under %s", run_dir.name, first + n, run_dir / "tables")
     logger.info("MLflow: %s", ui_command(data))
     return {"run_dir": str(run_dir), "iterations": first + n, "metrics": last.get("metrics", {})}
+
+
+def iterate(cfg, run_dir: Path, first: int, n: int, data: Path) -> dict:
+    """Iterations first .. first+n-1, stage by stage; returns the last `iteration` manifest."""
+    logger = get_run_logger()
+    last: dict = {}
+    for k in range(first, first + n):
+        if k == 0 and cfg.warmup.enabled:
+            stages.warmup(cfg, run_dir, k)
+        for phase in ("policy", "reward"):
+            if phase == "reward":
+                stages.recycle(cfg, run_dir, k)
+            rollout(cfg, run_dir, k, phase)
+            stages.verify(cfg, run_dir, k, phase)
+            stages.train(cfg, run_dir, k, phase)
+        stages.evaluate(cfg, run_dir, k)
+        last = stages.finish(cfg, run_dir, k)
+        stages.track(cfg, run_dir, k, data)
+        logger.info(summary_line(k, last["metrics"]))
+    return last
+
+
+@flow(name="spark-iterations-on-ray", log_prints=True)
+def iterations_on_ray(cfg, run_dir: Path, first: int, n: int, data: Path) -> dict:
+    """`iterate` with this subflow's task runner (set by the caller) taking the rollout shards."""
+    return iterate(cfg, run_dir, first, n, data)
+
+
+def rollout(cfg, run_dir: Path, k: int, phase: str) -> None:
+    """Stage rollout_<phase>: one task, or `rollout.shards` shard tasks and a merge. On Ray the
+    shards are submitted together (one Ray task each, with the CPUs and GPUs of `ray`); a
+    shard that fails is retried alone, and the merge waits for every shard's part."""
+    shards = cfg.rollout.shards
+    if shards == 1:
+        stages.rollout(cfg, run_dir, k, phase)
+        return
+    if cfg.runner == "ray":
+        from prefect_ray.context import remote_options
+
+        with remote_options(num_cpus=cfg.ray.cpus_per_shard, num_gpus=cfg.ray.gpus_per_shard or None):
+            futures = [stages.rollout_shard.submit(cfg, run_dir, k, phase, i) for i in range(shards)]
+        for f in futures:
+            f.result()  # raises the first failed shard's error
+    else:  # local: one after another in this process (two models in one process buy nothing here)
+        for i in range(shards):
+            stages.rollout_shard(cfg, run_dir, k, phase, i)
+    stages.rollout_merge(cfg, run_dir, k, phase)
 
 
 if __name__ == "__main__":

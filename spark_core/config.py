@@ -148,6 +148,23 @@ class RolloutConfig(_Section):
     """Longest policy response, in tokens."""
     judge_max_new_tokens: int = Field(96, ge=1)
     """Longest judge or reflection response, in tokens."""
+    shards: int = Field(1, ge=1)
+    """S: split each rollout stage's prompts into S shards, each its own task run on the configured runner, sampling seeded from (seed, iteration, phase, shard); 1: one unsharded stage."""
+
+
+class RayConfig(_Section):
+    """Where `runner: ray` sends the rollout shards (prefect-ray's RayTaskRunner)."""
+
+    address: str | None = None
+    """An existing Ray cluster (`ray://host:10001` or `auto`); None: start a local one for the flow run, stopped after it."""
+    num_cpus: int | None = Field(None, ge=1)
+    """CPUs of a local cluster (None: every core); ignored with an address."""
+    object_store_mb: int = Field(256, ge=64)
+    """Object store of a local cluster, in MiB (only paths travel through it: shards write Parquet)."""
+    cpus_per_shard: float = Field(1.0, gt=0)
+    """CPUs each shard reserves (Ray also sets its OMP_NUM_THREADS to this)."""
+    gpus_per_shard: float = Field(0.0, ge=0)
+    """GPUs each shard reserves (`remote_options(num_gpus=...)`); 0 on a CPU cluster."""
 
 
 class TrainConfig(_Section):
@@ -315,6 +332,10 @@ class SparkConfig(_Section):
     """The evaluate stage."""
     checkpoints: CheckpointsConfig = CheckpointsConfig()
     """Checkpoint retention."""
+    runner: Literal["local", "ray"] = "local"
+    """Where sharded rollouts run: `local` (the flow's process, one shard after another) or `ray` (one Ray task per shard; see `ray`)."""
+    ray: RayConfig = RayConfig()
+    """The Ray cluster for `runner: ray`."""
 
     def resolved(self) -> dict:
         """Every field, defaults included, as plain JSON-able data."""
@@ -327,7 +348,8 @@ class SparkConfig(_Section):
 
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
-_LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast"),
+_LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": None, "ray": None,
+                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast"),
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward")}
 
 

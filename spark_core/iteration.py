@@ -28,12 +28,14 @@ The Prefect tasks in tasks/ call these functions one to one; nothing here import
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
 import random
 import shutil
 import signal
+import socket
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -93,10 +95,11 @@ def samples_path(run_dir: Path, iteration: int, phase: str) -> Path:
 
 def iteration_hash(cfg: SparkConfig) -> str:
     """What the training stages depend on: the config less the bootstrap recipe, the evaluation
-    settings, the number of iterations per flow run, checkpoint retention and `train.packing`
-    (changing those must not redo training)."""
+    settings, the number of iterations per flow run, checkpoint retention, where shards run
+    (`runner`, `ray`) and `train.packing` (changing those must not redo training; the shard
+    count stays in: it decides the sampling seeds)."""
     data = stable_resolved(cfg)
-    for key in ("bootstrap", "eval", "iterations", "checkpoints"):
+    for key in ("bootstrap", "eval", "iterations", "checkpoints", "runner", "ray"):
         data.pop(key, None)
     # Packing lays out the same sequences differently (the loss is equal up to rounding): a
     # run may switch it on or off, and runs made before the option existed keep their hash.
@@ -243,41 +246,118 @@ def read_samples(path: Path) -> tuple[list[Task], list[list[Sample]]]:
 # --------------------------------------------------------------------------- the stages
 
 
+def _rollout_plan(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list[Task], SamplingSpec]:
+    """The prompts of stage `rollout_<phase>` and how they are sampled."""
+    r = cfg.rollout
+    if phase == "policy":
+        problems = problems_of(run_dir, "train")
+        if not problems:
+            raise ValueError(f"{run_dir}: the problems table has no training problems; run `spark prepare` first")
+        tasks = solve_tasks(policy_problems(cfg, problems, k), cfg.prompts.solve)
+        return tasks, SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k)
+    tasks = judge_tasks(consumed_batch(run_dir, k))
+    return tasks, SamplingSpec(r.group_size, cfg.spark.reward_temperature, r.top_p, r.judge_max_new_tokens,
+                               seed=cfg.seed * 1000 + 2 * k + 1)
+
+
+def _sample_into(cfg: SparkConfig, run_dir: Path, k: int, phase: str, tasks: list[Task], spec: SamplingSpec,
+                 out: Path) -> dict:
+    """Sample `tasks` from the phase's start checkpoint into the side file `out`; the manifest's fields."""
+    source = _start_model(cfg, run_dir, k, phase)
+    groups: list[list[Sample]] = []
+    start = time.monotonic()
+    if tasks:
+        with open_engine(cfg, source, spec.seed) as engine:
+            groups = engine.generate([t.prompt for t in tasks], spec)
+    seconds = time.monotonic() - start
+    tokens = sum(len(s.token_ids) for g in groups for s in g)
+    write_samples(run_dir, out, tasks, groups)
+    return dict(outputs={"samples": out}, rows={"samples": sum(map(len, groups)), "tokens": tokens},
+                inputs={"checkpoint": str(source)}, sampling_seconds=seconds,
+                metrics={"rollout_tokens_per_s": tokens / seconds if seconds > 0 else 0.0})
+
+
 def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     """Stage `rollout_<phase>`: sample G responses per prompt from the phase's start checkpoint.
 
     policy: B training problems drawn by (seed, k); reward: the judge/reflection rows the
-    recycle stage took from the cache for iteration k.
+    recycle stage took from the cache for iteration k. With `rollout.shards` S > 1 the stage
+    is S shard stages and a merge (`rollout_shard`, `rollout_merge`); here, without a task
+    runner, the shards run one after another in this process.
     """
     run_dir = Path(run_dir)
+    if cfg.rollout.shards > 1:
+        for i in range(cfg.rollout.shards):
+            rollout_shard(cfg, run_dir, k, phase, i)
+        return rollout_merge(cfg, run_dir, k, phase)
 
     def body() -> dict:
-        r = cfg.rollout
-        if phase == "policy":
-            problems = problems_of(run_dir, "train")
-            if not problems:
-                raise ValueError(f"{run_dir}: the problems table has no training problems; run `spark prepare` first")
-            tasks = solve_tasks(policy_problems(cfg, problems, k), cfg.prompts.solve)
-            spec = SamplingSpec(r.group_size, r.temperature, r.top_p, r.max_new_tokens, seed=cfg.seed * 1000 + 2 * k)
-        else:
-            tasks = judge_tasks(consumed_batch(run_dir, k))
-            spec = SamplingSpec(r.group_size, cfg.spark.reward_temperature, r.top_p, r.judge_max_new_tokens,
-                                seed=cfg.seed * 1000 + 2 * k + 1)
-        source = _start_model(cfg, run_dir, k, phase)
-        groups: list[list[Sample]] = []
-        start = time.monotonic()
-        if tasks:
-            with open_engine(cfg, source, spec.seed) as engine:
-                groups = engine.generate([t.prompt for t in tasks], spec)
-        seconds = time.monotonic() - start
-        tokens = sum(len(s.token_ids) for g in groups for s in g)
-        out = samples_path(run_dir, k, phase)
-        write_samples(run_dir, out, tasks, groups)
-        return dict(outputs={"samples": out}, rows={"samples": sum(map(len, groups)), "tokens": tokens},
-                    inputs={"checkpoint": str(source)},
-                    metrics={"rollout_tokens_per_s": tokens / seconds if seconds > 0 else 0.0})
+        tasks, spec = _rollout_plan(cfg, run_dir, k, phase)
+        return _sample_into(cfg, run_dir, k, phase, tasks, spec, samples_path(run_dir, k, phase))
 
     return _run_stage(cfg, run_dir, f"rollout_{phase}", k, iteration_hash(cfg), body)
+
+
+def shard_range(n: int, shards: int, i: int) -> tuple[int, int]:
+    """[start, end) of shard i of `shards` over n prompts: contiguous, sizes differing by at most 1,
+    together every prompt exactly once."""
+    return i * n // shards, (i + 1) * n // shards
+
+
+def shard_seed(cfg: SparkConfig, k: int, phase: str, i: int) -> int:
+    """The sampling seed of shard i: a hash of (seed, iteration, phase, shard, shard count)."""
+    key = f"{cfg.seed}|{k}|{phase}|{i}|{cfg.rollout.shards}".encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def shard_stage(phase: str, i: int, shards: int) -> str:
+    return f"rollout_{phase}.shard-{i}-of-{shards}"
+
+
+def shard_samples_path(run_dir: Path, k: int, phase: str, i: int, shards: int) -> Path:
+    return samples_path(run_dir, k, phase).with_name(f"{phase}.shard-{i}-of-{shards}.parquet")
+
+
+def rollout_shard(cfg: SparkConfig, run_dir: Path, k: int, phase: str, i: int) -> dict:
+    """Stage `rollout_<phase>.shard-i-of-S`: shard i's prompts (`shard_range`) sampled with its own
+    seed (`shard_seed`) into its own side file, with its own manifest, so a killed shard is redone
+    alone. Runs anywhere the run directory is readable and writable (a Ray worker included)."""
+    run_dir, n = Path(run_dir), cfg.rollout.shards
+    if not 0 <= i < n:
+        raise ValueError(f"shard {i} does not exist: rollout.shards is {n}")
+
+    def body() -> dict:
+        tasks, spec = _rollout_plan(cfg, run_dir, k, phase)
+        a, b = shard_range(len(tasks), n, i)
+        spec = replace(spec, seed=shard_seed(cfg, k, phase, i))
+        doc = _sample_into(cfg, run_dir, k, phase, tasks[a:b], spec, shard_samples_path(run_dir, k, phase, i, n))
+        return doc | {"shard": i, "shards": n, "prompts": [a, b], "host": socket.gethostname(), "pid": os.getpid()}
+
+    return _run_stage(cfg, run_dir, shard_stage(phase, i, n), k, iteration_hash(cfg), body)
+
+
+def rollout_merge(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
+    """Stage `rollout_<phase>` of a sharded run: once every shard's part is there, their samples
+    in shard order become the stage's side file (what verify and train read, as unsharded)."""
+    run_dir, n, key = Path(run_dir), cfg.rollout.shards, iteration_hash(cfg)
+
+    def body() -> dict:
+        missing = [i for i in range(n) if not stage_complete(run_dir, shard_stage(phase, i, n), k, key)]
+        if missing:
+            raise RuntimeError(f"iteration {k} rollout_{phase}: shard {missing[0]} of {n} has not completed; "
+                               f"run its stage first (the flow does)")
+        docs = [read_manifest(run_dir, shard_stage(phase, i, n), k) for i in range(n)]
+        parts = [shard_samples_path(run_dir, k, phase, i, n) for i in range(n)]
+        out = samples_path(run_dir, k, phase)
+        atomic_write_parquet(pa.concat_tables([pq.read_table(p) for p in parts]), out, staging_dir(run_dir))
+        tokens = sum(d["rows"]["tokens"] for d in docs)
+        wall = max(d.get("sampling_seconds", 0.0) for d in docs)  # shards run side by side
+        return dict(outputs={"samples": out}, rows={"samples": sum(d["rows"]["samples"] for d in docs), "tokens": tokens},
+                    inputs={"shards": [str(p) for p in parts], "checkpoint": docs[0]["inputs"]["checkpoint"]},
+                    shards=n, shard_hosts=sorted({f"{d.get('host')}:{d.get('pid')}" for d in docs}),
+                    metrics={"rollout_tokens_per_s": tokens / wall if wall > 0 else 0.0, "rollout_shards": n})
+
+    return _run_stage(cfg, run_dir, f"rollout_{phase}", k, key, body)
 
 
 def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
@@ -626,11 +706,25 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
                        rows={s: sum(doc.get("rows", {}).values()) for s, doc in docs.items()},
                        seconds=sum(seconds.values()),
                        extra={"metrics": metrics, "stage_seconds": seconds, "disk": disk_use(run_dir, doomed),
+                              "placement": placement(cfg, run_dir, k),
                               "checkpoints_kept": kept_checkpoints(run_dir, doomed)})
     _fault("finish")
     for path in doomed:  # after the manifest: a killed close redoes this on re-run, never a stage
         shutil.rmtree(path, ignore_errors=True)
     return read_manifest(run_dir, DONE, k)
+
+
+def placement(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
+    """Where iteration k ran: the runner, the shard count and, per sharded stage, its shards'
+    host:pid and seconds (recorded in the `iteration` manifest)."""
+    out: dict = {"runner": cfg.runner, "rollout_shards": cfg.rollout.shards}
+    if cfg.rollout.shards > 1:
+        for phase in ("policy", "reward"):
+            docs = [read_manifest(run_dir, shard_stage(phase, i, cfg.rollout.shards), k)
+                    for i in range(cfg.rollout.shards)]
+            out[f"rollout_{phase}_shards"] = [{"host": d.get("host"), "pid": d.get("pid"), "seconds": d.get("seconds"),
+                                               "prompts": d.get("prompts")} for d in docs if d]
+    return out
 
 
 def retired_checkpoints(cfg: SparkConfig, run_dir: Path, k: int) -> list[Path]:

@@ -51,6 +51,16 @@ def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return iteration.rollout(cfg, run_dir, k, phase)
 
 
+@task(name="rollout-shard", task_run_name="rollout-{phase}-{k}-shard-{shard}", retries=1, **_common)
+def rollout_shard(cfg: SparkConfig, run_dir: Path, k: int, phase: str, shard: int) -> dict:
+    return iteration.rollout_shard(cfg, run_dir, k, phase, shard)
+
+
+@task(name="rollout-merge", task_run_name="rollout-{phase}-{k}-merge", retries=1, **_common)
+def rollout_merge(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
+    return iteration.rollout_merge(cfg, run_dir, k, phase)
+
+
 @task(name="verify", task_run_name="verify-{phase}-{k}", retries=1, **_common)
 def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return iteration.verify(cfg, run_dir, k, phase)

@@ -1,0 +1,117 @@
+"""Sharded rollouts (issue 17, item 1): `rollout.shards`, locally and on a local Ray cluster.
+
+The Ray test starts its own two-worker local cluster through the flow (prefect-ray's runner
+starts it and shuts it down with the subflow) and checks nothing of Ray is left running.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spark_core.config import load_config
+from spark_core.iteration import (
+    FAULT_ENV, read_samples, run_iteration, samples_path, shard_range, shard_stage,
+)
+from spark_core.stages import prepare_problems
+from spark_core.store import manifest_path, read_manifest, read_table
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ("rollout:\n  batch_prompts: 6\n  group_size: 2\n  shards: 2\n"
+         "eval:\n  every: 100\n  problems: 4\n  judge_problems: 2\n")
+
+
+@given(st.integers(0, 500), st.integers(1, 16))
+def test_shards_cover_every_prompt_once(n, shards):
+    ranges = [shard_range(n, shards, i) for i in range(shards)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    sizes = [b - a for a, b in ranges]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def _config(tmp_path, extra=""):
+    path = tmp_path / "shards.yaml"
+    path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + MICRO + extra)
+    return path
+
+
+def _tables(run):
+    out = {}
+    for t in ("rollouts", "judge_data", "updates"):
+        table = read_table(run, t)
+        out[t] = table.drop([c for c in ("seconds", "run") if c in table.column_names])
+    return out
+
+
+def _complete(run, cfg, k=0):
+    """Every policy prompt sampled once, G samples each, and the manifests name the shards."""
+    tasks, groups = read_samples(samples_path(run, k, "policy"))
+    ids = [t.prompt_id for t in tasks]
+    assert len(ids) == len(set(ids)) == cfg.rollout.batch_prompts
+    assert all(len(g) == cfg.rollout.group_size for g in groups)
+    for i in range(cfg.rollout.shards):
+        assert read_manifest(run, shard_stage("policy", i, cfg.rollout.shards), k)["shard"] == i
+    place = read_manifest(run, "iteration", k)["placement"]
+    assert place["rollout_shards"] == cfg.rollout.shards and len(place["rollout_policy_shards"]) == cfg.rollout.shards
+    return place
+
+
+def test_local_shards_are_reproducible_and_a_killed_shard_is_redone_alone(tmp_path):
+    cfg = load_config(_config(tmp_path))
+    a, b, killed = tmp_path / "a", tmp_path / "b", tmp_path / "killed"
+    for run in (a, b, killed):
+        prepare_problems(cfg, run)
+    run_iteration(cfg, a, 0)
+    run_iteration(cfg, b, 0)
+    _complete(a, cfg)
+    ta, tb = _tables(a), _tables(b)
+    assert all(ta[t].equals(tb[t]) for t in ta)
+    # shard 1 of the policy rollout is SIGKILLed after writing its part, before its manifest
+    script = textwrap.dedent(f"""
+        from spark_core.config import load_config
+        from spark_core.iteration import rollout_shard
+        cfg = load_config({str(_config(tmp_path))!r})
+        rollout_shard(cfg, {str(killed)!r}, 0, "policy", 0)
+        rollout_shard(cfg, {str(killed)!r}, 0, "policy", 1)
+    """)
+    env = os.environ | {FAULT_ENV: shard_stage("policy", 1, 2), "OMP_NUM_THREADS": str(__import__("torch").get_num_threads())}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, cwd=ROOT)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    first = manifest_path(killed, shard_stage("policy", 0, 2), 0)
+    assert first.is_file() and not manifest_path(killed, shard_stage("policy", 1, 2), 0).exists()
+    stamp = first.stat().st_mtime_ns
+    run_iteration(cfg, killed, 0)
+    assert first.stat().st_mtime_ns == stamp  # the finished shard was not redone
+    tk = _tables(killed)
+    assert all(ta[t].equals(tk[t]) for t in ta)
+
+
+def _ray_alive() -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if any(w in line for w in ("raylet", "gcs_server", "ray::", "default_worker.py"))]
+
+
+def test_ray_shards_through_the_flow(prefect_api, tmp_path):
+    pytest.importorskip("prefect_ray", reason="runner: ray needs the ray extra (pip install -e '.[ray]')")
+    from flows.spark_flow import spark
+
+    before = _ray_alive()
+    config = _config(tmp_path, "runner: ray\nray:\n  num_cpus: 2\n  object_store_mb: 128\n")
+    cfg = load_config(config)
+    data = tmp_path / "data"
+    for name in ("r1", "r2"):
+        assert spark(run=name, config=str(config), data_dir=str(data))["iterations"] == 1
+    r1, r2 = data / "runs" / "r1", data / "runs" / "r2"
+    place = _complete(r1, cfg)
+    assert place["runner"] == "ray"
+    pids = {s["pid"] for s in place["rollout_policy_shards"]}
+    assert os.getpid() not in pids  # the shards ran in Ray's worker processes
+    t1, t2 = _tables(r1), _tables(r2)
+    assert all(t1[t].equals(t2[t]) for t in t1)
+    assert _ray_alive() == before, "Ray processes were left running"
