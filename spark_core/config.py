@@ -202,6 +202,8 @@ class TrainConfig(_Section):
     """Recompute each layer's activations in the backward pass (less memory, about a third more time)."""
     bf16_autocast: bool = False
     """On CUDA: forward and backward under bfloat16 autocast; log-probs and optimizer state stay float32."""
+    processes: int = Field(1, ge=1)
+    """P: run the train stage as a `torchrun --standalone` job of P processes (gloo on CPU, NCCL on CUDA), each taking every P-th micro-batch of each mini-batch; the update equals the one-process one (token-weighted gradient sum). 1: in the stage's process."""
 
 
 class PromptsConfig(_Section):
@@ -349,7 +351,7 @@ class SparkConfig(_Section):
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
 _LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": None, "ray": None,
-                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast"),
+                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes"),
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward")}
 
 

@@ -104,6 +104,7 @@ def iteration_hash(cfg: SparkConfig) -> str:
     # Packing lays out the same sequences differently (the loss is equal up to rounding): a
     # run may switch it on or off, and runs made before the option existed keep their hash.
     data["train"].pop("packing")
+    data["train"].pop("processes", None)  # placement: the update is the same (up to rounding, tested)
     return config_hash(data)
 
 
@@ -485,23 +486,10 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
             # optimizer state pass on unchanged, so copy them instead of loading and saving a model.
             updates: list[dict] = []
             _replace_dir(out, lambda tmp: shutil.copytree(source, tmp))
+        elif cfg.train.processes > 1:
+            updates = train_under_torchrun(cfg, run_dir, k, phase)
         else:
-            torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
-            model, tok = load_checkpoint(source)
-            ref, _ = load_checkpoint(start_model(cfg, run_dir))  # the KL anchor is the start model throughout the run
-            r = cfg.rollout
-            steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
-            trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
-                              tok.pad_token_id, pick_device(r.device))
-            if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
-                trainer.load_state(source)
-            updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
-
-            def save(tmp: Path) -> None:
-                save_checkpoint(model.cpu(), tok, tmp)
-                trainer.save_state(tmp)
-
-            _replace_dir(out, save)
+            updates = train_period(cfg, run_dir, k, phase)
         table = write_table(run_dir, "updates", updates, iteration=k, part=phase)
         metrics = {m: _mean(updates, m) for m in ("loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "grad_norm")}
         metrics["steps"] = len(updates)
@@ -515,6 +503,63 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
                     metrics={m: v for m, v in metrics.items() if v is not None})
 
     return _run_stage(cfg, run_dir, f"train_{phase}", k, iteration_hash(cfg), body)
+
+
+def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> list[dict]:
+    """Load the phase's start checkpoint and the KL anchor, train one period on the stage's
+    batch, save the checkpoint (with optimizer and scheduler state); the `updates` rows.
+    Under torchrun every process runs this: each loads the same weights and batch, the
+    trainer deals out the micro-batches and sums the gradients, and only rank 0 saves."""
+    from spark_core.trainer import _rank_world
+
+    source = _start_model(cfg, run_dir, k, phase)
+    batch, lr_scale, overrides = _period_batch(cfg, run_dir, k, phase)
+    torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
+    model, tok = load_checkpoint(source)
+    ref, _ = load_checkpoint(start_model(cfg, run_dir))  # the KL anchor is the start model throughout the run
+    r = cfg.rollout
+    steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
+    trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
+                      tok.pad_token_id, pick_device(r.device))
+    if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
+        trainer.load_state(source)
+    rank, _ = _rank_world()
+    _fault(f"train_{phase}.rank-{rank}")
+    updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
+
+    def save(tmp: Path) -> None:
+        save_checkpoint(model.cpu(), tok, tmp)
+        trainer.save_state(tmp)
+
+    if rank == 0:
+        _replace_dir(checkpoint_dir(run_dir, k, phase), save)
+    return updates
+
+
+def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> list[dict]:
+    """`train_period` as `torchrun --standalone --nproc-per-node P` (spark_core/train_worker.py);
+    its exit code is the stage's state: any rank failing fails the stage, and the checkpoint is
+    only put in place by rank 0 after its period, so a re-run redoes the stage from its inputs."""
+    import subprocess
+    import sys
+    import tempfile
+
+    P = cfg.train.processes
+    run_dir = Path(run_dir).resolve()
+    with tempfile.TemporaryDirectory(dir=staging_dir(run_dir)) as tmp:
+        conf, result, logf = Path(tmp) / "config.json", Path(tmp) / "updates.json", Path(tmp) / "torchrun.log"
+        conf.write_text(cfg.model_dump_json())
+        threads = max(1, (os.cpu_count() or 1) // P) if pick_device(cfg.rollout.device).type == "cpu" else 1
+        env = os.environ | {"OMP_NUM_THREADS": os.environ.get("SPARK_TRAIN_THREADS", str(threads))}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={P}",
+               "-m", "spark_core.train_worker", str(conf), str(run_dir), str(k), phase, str(result)]
+        with open(logf, "wb") as log_out:
+            code = subprocess.run(cmd, env=env, stdout=log_out, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            tail = logf.read_text(errors="replace").strip().splitlines()[-3:]
+            raise RuntimeError(f"iteration {k} train_{phase}: torchrun with {P} processes failed (exit {code}); "
+                               f"nothing was saved, a re-run redoes the stage. Last lines: {' | '.join(tail)}")
+        return json.loads(result.read_text())
 
 
 def warmup_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
@@ -717,7 +762,7 @@ def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
 def placement(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     """Where iteration k ran: the runner, the shard count and, per sharded stage, its shards'
     host:pid and seconds (recorded in the `iteration` manifest)."""
-    out: dict = {"runner": cfg.runner, "rollout_shards": cfg.rollout.shards}
+    out: dict = {"runner": cfg.runner, "rollout_shards": cfg.rollout.shards, "train_processes": cfg.train.processes}
     if cfg.rollout.shards > 1:
         for phase in ("policy", "reward"):
             docs = [read_manifest(run_dir, shard_stage(phase, i, cfg.rollout.shards), k)

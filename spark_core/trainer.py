@@ -156,7 +156,10 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         sums = {k: 0.0 for k in keys}
         finite = True
-        for m in range(0, len(mini), self.s.micro_batch_size):
+        rank, world = _rank_world()
+        for n, m in enumerate(range(0, len(mini), self.s.micro_batch_size)):
+            if n % world != rank:  # under torchrun: micro-batches dealt round-robin to the processes
+                continue
             micro = mini[m : m + self.s.micro_batch_size]
             weight = sum(len(x.response_ids) for x in micro) / max(1, total_tokens)
             loss, metrics = micro_loss(micro)
@@ -166,6 +169,8 @@ class Trainer:
             (loss * weight).backward()
             for k in sums:
                 sums[k] += metrics.get(k, 0.0) * weight
+        if world > 1:
+            finite = self._all_reduce(sums, finite)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm) if finite else torch.tensor(float("nan"))
         finite = finite and bool(torch.isfinite(grad_norm))
         base_lr = self.sched.get_last_lr()[0]
@@ -185,6 +190,29 @@ class Trainer:
         log.info("%s step %d: loss %.4f, %d tokens, %.1fs", phase, self.step, row["loss"], total_tokens, row["seconds"])
         self.step += 1
         return row
+
+    def _all_reduce(self, sums: dict, finite: bool) -> bool:
+        """Sum the gradients and the metric sums over the processes (each holds its micro-batches'
+        token-weighted share, weighted by the whole mini-batch's tokens, so the sum is the
+        one-process gradient); every process then takes the same step. False if any was non-finite."""
+        import torch.distributed as dist
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params])  # one collective, not one per tensor
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+            offset += p.numel()
+        keys = list(sums)
+        stats = torch.tensor([sums[k] for k in keys] + [0.0 if finite else 1.0], dtype=torch.float64, device=flat.device)
+        dist.all_reduce(stats)
+        for i, k in enumerate(keys):
+            sums[k] = float(stats[i])
+        return bool(stats[-1] == 0)
 
     def _response_batch(self, micro: Sequence[Sequence_]):
         """A micro-batch on the device: response tokens (B, R), their mask (B, R), the model
@@ -320,6 +348,15 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- layout helpers
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) under an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def pack_rows(lengths: Sequence[int], width: int) -> list[tuple[int, int]]:

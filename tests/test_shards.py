@@ -102,14 +102,15 @@ def test_ray_shards_through_the_flow(prefect_api, tmp_path):
     from flows.spark_flow import spark
 
     before = _ray_alive()
-    config = _config(tmp_path, "runner: ray\nray:\n  num_cpus: 2\n  object_store_mb: 128\n")
+    config = _config(tmp_path, "runner: ray\nray:\n  num_cpus: 2\n  object_store_mb: 128\n"
+                              "train:\n  processes: 2\n  mini_batch_size: 8\n  micro_batch_size: 2\n")
     cfg = load_config(config)
     data = tmp_path / "data"
     for name in ("r1", "r2"):
         assert spark(run=name, config=str(config), data_dir=str(data))["iterations"] == 1
     r1, r2 = data / "runs" / "r1", data / "runs" / "r2"
     place = _complete(r1, cfg)
-    assert place["runner"] == "ray"
+    assert place["runner"] == "ray" and place["train_processes"] == 2
     pids = {s["pid"] for s in place["rollout_policy_shards"]}
     assert os.getpid() not in pids  # the shards ran in Ray's worker processes
     t1, t2 = _tables(r1), _tables(r2)

@@ -1,0 +1,75 @@
+"""`train.processes`: the train stage under torchrun (issue 17, item 2). On this CPU: gloo, 2
+processes; the update must equal the one-process update within 1e-5, and a rank that dies
+must fail the stage cleanly, a re-run then redoing it."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from spark_core.checkpoint import load_checkpoint
+from spark_core.config import load_config
+from spark_core.iteration import FAULT_ENV, checkpoint_dir, rollout, train, verify
+from spark_core.stages import prepare_problems
+from spark_core.store import manifest_path, read_table
+
+ROOT = Path(__file__).resolve().parents[1]
+MICRO = ("rollout:\n  batch_prompts: 4\n  group_size: 4\n"
+         "train:\n  mini_batch_size: 8\n  micro_batch_size: 2\n  processes: {P}\n")
+
+
+def _cfg(tmp_path, processes):
+    path = tmp_path / f"p{processes}.yaml"
+    path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + MICRO.format(P=processes))
+    return load_config(path)
+
+
+def _policy_period(cfg, run):
+    prepare_problems(cfg, run)
+    rollout(cfg, run, 0, "policy")
+    verify(cfg, run, 0, "policy")
+    return train(cfg, run, 0, "policy")
+
+
+def _weights(run):
+    model, _ = load_checkpoint(checkpoint_dir(run, 0, "policy"))
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_two_processes_give_the_one_process_update(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    _policy_period(_cfg(tmp_path, 1), one)
+    doc = _policy_period(_cfg(tmp_path, 2), two)
+    assert doc["rows"]["updates"] == 2  # 16 sequences, 2 optimizer steps of 4 micro-batches each
+    u1, u2 = read_table(one, "updates").to_pylist(), read_table(two, "updates").to_pylist()
+    assert len(u1) == len(u2) == 2
+    for a, b in zip(u1, u2):
+        for key in ("loss", "policy_loss", "kl", "entropy", "grad_norm", "tokens"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5, rel=1e-5), key
+    w1, w2 = _weights(one), _weights(two)
+    assert max(float((w1[n] - w2[n]).abs().max()) for n in w1) < 1e-5
+    moved = max(float((w1[n] - load_checkpoint(ROOT / "data/tiny-model")[0].state_dict()[n]).abs().max()) for n in w1)
+    assert moved > 1e-5  # the period did change the weights: the comparison above means something
+    s1 = torch.load(checkpoint_dir(one, 0, "policy") / "trainer_state.pt", weights_only=False)
+    s2 = torch.load(checkpoint_dir(two, 0, "policy") / "trainer_state.pt", weights_only=False)
+    assert s1["step"] == s2["step"] == 2
+
+
+def test_a_dead_rank_fails_the_stage_and_a_rerun_redoes_it(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, 2)
+    run, clean = tmp_path / "run", tmp_path / "clean"
+    _policy_period(cfg, clean)
+    prepare_problems(cfg, run)
+    rollout(cfg, run, 0, "policy")
+    verify(cfg, run, 0, "policy")
+    monkeypatch.setenv(FAULT_ENV, "train_policy.rank-1")  # rank 1 is SIGKILLed before its period
+    with pytest.raises(RuntimeError, match=r"torchrun with 2 processes failed \(exit") as err:
+        train(cfg, run, 0, "policy")
+    assert "\n" not in str(err.value)
+    assert not checkpoint_dir(run, 0, "policy").exists() and not manifest_path(run, "train_policy", 0).exists()
+    monkeypatch.delenv(FAULT_ENV)
+    train(cfg, run, 0, "policy")
+    a, b = read_table(run, "updates"), read_table(clean, "updates")
+    assert a.drop(["seconds"]).equals(b.drop(["seconds"]))
+    w1, w2 = _weights(run), _weights(clean)
+    assert all(torch.equal(w1[n], w2[n]) for n in w1)
