@@ -355,7 +355,7 @@ def rollout_merge(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         wall = max(d.get("sampling_seconds", 0.0) for d in docs)  # shards run side by side
         return dict(outputs={"samples": out}, rows={"samples": sum(d["rows"]["samples"] for d in docs), "tokens": tokens},
                     inputs={"shards": [str(p) for p in parts], "checkpoint": docs[0]["inputs"]["checkpoint"]},
-                    shards=n, shard_hosts=sorted({f"{d.get('host')}:{d.get('pid')}" for d in docs}),
+                    shards=n,
                     metrics={"rollout_tokens_per_s": tokens / wall if wall > 0 else 0.0, "rollout_shards": n})
 
     return _run_stage(cfg, run_dir, f"rollout_{phase}", k, key, body)
@@ -489,7 +489,7 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         elif cfg.train.processes > 1:
             updates = train_under_torchrun(cfg, run_dir, k, phase)
         else:
-            updates = train_period(cfg, run_dir, k, phase)
+            updates = train_period(cfg, run_dir, k, phase, (batch, lr_scale, overrides))
         table = write_table(run_dir, "updates", updates, iteration=k, part=phase)
         metrics = {m: _mean(updates, m) for m in ("loss", "kl", "entropy", "clip_frac_low", "clip_frac_high", "grad_norm")}
         metrics["steps"] = len(updates)
@@ -505,15 +505,16 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return _run_stage(cfg, run_dir, f"train_{phase}", k, iteration_hash(cfg), body)
 
 
-def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> list[dict]:
+def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tuple | None = None) -> list[dict]:
     """Load the phase's start checkpoint and the KL anchor, train one period on the stage's
-    batch, save the checkpoint (with optimizer and scheduler state); the `updates` rows.
-    Under torchrun every process runs this: each loads the same weights and batch, the
-    trainer deals out the micro-batches and sums the gradients, and only rank 0 saves."""
-    from spark_core.trainer import _rank_world
+    batch (`plan`: `_period_batch`'s result when the caller has it), save the checkpoint (with
+    optimizer and scheduler state); the `updates` rows. Under torchrun every process runs this:
+    each loads the same weights and batch, the trainer deals out the micro-batches and sums the
+    gradients, and only rank 0 saves."""
+    from spark_core.trainer import rank_world
 
     source = _start_model(cfg, run_dir, k, phase)
-    batch, lr_scale, overrides = _period_batch(cfg, run_dir, k, phase)
+    batch, lr_scale, overrides = plan or _period_batch(cfg, run_dir, k, phase)
     torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
     model, tok = load_checkpoint(source)
     ref, _ = load_checkpoint(start_model(cfg, run_dir))  # the KL anchor is the start model throughout the run
@@ -523,7 +524,7 @@ def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> list[di
                       tok.pad_token_id, pick_device(r.device))
     if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
         trainer.load_state(source)
-    rank, _ = _rank_world()
+    rank, _ = rank_world()
     _fault(f"train_{phase}.rank-{rank}")
     updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
 

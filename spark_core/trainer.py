@@ -156,7 +156,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         sums = {k: 0.0 for k in keys}
         finite = True
-        rank, world = _rank_world()
+        rank, world = rank_world()
         for n, m in enumerate(range(0, len(mini), self.s.micro_batch_size)):
             if n % world != rank:  # under torchrun: micro-batches dealt round-robin to the processes
                 continue
@@ -350,7 +350,7 @@ class Trainer:
 # --------------------------------------------------------------------------- layout helpers
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
     """(rank, world size) under an initialised torch.distributed group, else (0, 1)."""
     import torch.distributed as dist
 

@@ -93,8 +93,10 @@ def test_local_shards_are_reproducible_and_a_killed_shard_is_redone_alone(tmp_pa
 
 
 def _ray_alive() -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
-    return [line for line in out if any(w in line for w in ("raylet", "gcs_server", "ray::", "default_worker.py"))]
+    """Ray processes still running (a zombie awaiting its reaper is not running, as in test_services)."""
+    out = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True).stdout.splitlines()
+    return [line for line in out if any(w in line for w in ("raylet", "gcs_server", "ray::", "default_worker.py"))
+            and not line.split()[1].startswith("Z")]
 
 
 def test_ray_shards_through_the_flow(prefect_api, tmp_path):
