@@ -47,6 +47,7 @@ DEFAULT_TIMEOUT_S = 5.0
 # Integers longer than this go to math-verify: it compares numbers at 15 significant digits,
 # so an exact comparison of longer ones could disagree with it.
 _FAST_MAX_DIGITS = 15
+_MAX_NUMBER_CHARS = 1000  # longer plain numbers are left to math-verify (int() caps at 4,300 digits)
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,8 @@ def parse_number(s: str) -> _Number | None:
     t = t.replace("{,}", ",").strip()
     if t.endswith("."):
         t = t[:-1].rstrip()
-    if "%" in t:
+    if "%" in t or len(t) > _MAX_NUMBER_CHARS:
+        # Python refuses int() of over 4,300 digits; math-verify decides those under its time limit.
         return None
     m = _UNIT_RE.match(t)
     if m:

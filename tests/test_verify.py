@@ -149,6 +149,14 @@ def test_pathological_input_times_out_instead_of_hanging():
     assert math_equal("\\sqrt{4}", "2", timeout_s=5.0) == (True, None)
 
 
+def test_numbers_past_pythons_int_digit_limit_are_verified_not_raised():
+    # Found by test_fuzz in CI: int() refuses strings of over 4,300 digits (ValueError).
+    for big in ("9" * 1_000_000, "9" * 5000 + ".5", "\\frac{" + "9" * 5000 + "}{2}"):
+        v = verify_response("\\boxed{" + big + "}", "7", timeout_s=2.0)
+        assert v.correct in (False, None) and (v.correct is not None or v.error)
+    assert verify_response("\\boxed{" + "9" * 999 + "}", "9" * 999).correct is True
+
+
 def test_math_equal_works_off_the_main_thread():
     # Prefect runs tasks in worker threads, where SIGALRM cannot be installed.
     out = {}
