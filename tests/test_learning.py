@@ -52,39 +52,48 @@ def test_reward_periods_raise_judge_accuracy_from_a_weak_judge():
     digit-by-digit comparison. The judge data is recycled by the real rules (balanced labels)
     from made-up rollout groups whose wrong answers are near misses, because the model's own
     errors are systematic and its re-solve repeats them (a self-check of its own answers tops
-    out near 0.73, docs/research/self-check-ceiling.md). Measured on two draw seeds:
-    0.565 -> 0.645 / 0.645 after 6 periods and 0.715 / 0.66 after 9; from a 100-step weak judge,
-    or from the shipped model (no skill), the same periods teach nothing.
+    out near 0.73, docs/research/self-check-ceiling.md). From the same weak judge, three draws
+    of 9 periods each (problems and sampling seeds per draw). Measured here
+    (`research/weak_judge_draws.py`, 2026-12-02): 0.565 -> 0.715 / 0.675 / 0.655 (a fourth
+    draw 0.700); on one CI machine the first draw gained nothing (0.56 -> 0.54, its pairwise
+    verdicts stuck on `A`): one draw's trajectory depends on the floating-point path, so the
+    claim is about draws, not one. From a 100-step weak judge, or from the shipped model (no
+    skill), the same periods teach nothing.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the figures above were measured with 2; other counts round differently
     try:
         cfg = load_config(ROOT / "configs" / "tiny.yaml")
         train, held = generate_problems(cfg.problems, cfg.seed)
-        model, tok = load_checkpoint(ROOT / cfg.model.path)
+        weak, tok = load_checkpoint(ROOT / cfg.model.path)
         torch.manual_seed(0)
         sft = cfg.bootstrap.model_copy(update={"lr": 5e-4, "warmup_steps": 20})
-        train_sft(model, tok, train, sft, random.Random(0), 0.7, stop=lambda step, secs: step >= 200)
-        model.eval()
-        engine = HFEngine(model, tok, device="cpu")
-        trainer = Trainer(model, copy.deepcopy(model), TrainSettings(lr=3e-4, mini_batch_size=64, micro_batch_size=64),
-                          tok.pad_token_id, torch.device("cpu"))
+        train_sft(weak, tok, train, sft, random.Random(0), 0.7, stop=lambda step, secs: step >= 200)
+        weak.eval()
         held_judge = judge_set(held[:100], 5)  # 100 pointwise + 100 pairwise, balanced, near-miss candidates
-        before = judge_metrics(engine, held_judge)
-        rng = random.Random(0)
-        for i in range(9):
-            problems = rng.sample(train, 32)
-            rows = recycle(near_miss_rollouts(problems, rng), i, balance_labels=True).rows
-            batch = select_batch(rows, 64, True)  # at most 32 judge + 32 reflection prompts
-            run_period(engine, trainer, judge_tasks(batch), SamplingSpec(group_size=8, max_new_tokens=96, seed=100 + i),
-                       "reward")
-        after = judge_metrics(engine, held_judge)
+        before = judge_metrics(HFEngine(weak, tok, device="cpu"), held_judge)
+        afters = []
+        for draw in range(3):
+            model = copy.deepcopy(weak)
+            engine = HFEngine(model, tok, device="cpu")
+            trainer = Trainer(model, copy.deepcopy(model), TrainSettings(lr=3e-4, mini_batch_size=64, micro_batch_size=64),
+                              tok.pad_token_id, torch.device("cpu"))
+            rng = random.Random(draw)
+            for i in range(9):
+                problems = rng.sample(train, 32)
+                rows = recycle(near_miss_rollouts(problems, rng), i, balance_labels=True).rows
+                batch = select_batch(rows, 64, True)  # at most 32 judge + 32 reflection prompts
+                run_period(engine, trainer, judge_tasks(batch),
+                           SamplingSpec(group_size=8, max_new_tokens=96, seed=100 + 1000 * draw + i), "reward")
+            afters.append(judge_metrics(engine, held_judge))
     finally:
         torch.set_num_threads(threads)
-    print("judge before", before, "\njudge after", after)  # shown with pytest -s
-    # 200 prompts: a gain of 0.06 is about 1.7 binomial standard deviations of each measurement;
-    # measured +0.095 to +0.15 on two seeds.
-    assert after["judge_accuracy"] > before["judge_accuracy"] + 0.06, (before, after)
-    shares = after["judge_verdict_shares"]
-    assert max(shares.values()) < 0.7 and after["judge_parse_rate"] > 0.95, shares  # not a constant verdict
-    assert after["judge_pairwise_accuracy"] > before["judge_pairwise_accuracy"], (before, after)
+    print("judge before", before, "\njudge after", afters)  # shown with pytest -s
+    gains = [a["judge_accuracy"] - before["judge_accuracy"] for a in afters]
+    # 200 prompts per measurement: a binomial sd of about 0.035 each. Measured gains +0.09 to
+    # +0.15 (mean +0.117); the one CI trajectory that failed had -0.02.
+    assert sum(gains) / 3 > 0.05 and sum(g > 0.03 for g in gains) >= 2, (before, afters)
+    mixed = [max(a["judge_verdict_shares"].values()) < 0.7 and a["judge_parse_rate"] > 0.95 for a in afters]
+    assert sum(mixed) >= 2, afters  # not a constant verdict
+    pairwise = sum(a["judge_pairwise_accuracy"] for a in afters) / 3
+    assert pairwise > before["judge_pairwise_accuracy"], (before, afters)
