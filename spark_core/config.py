@@ -204,6 +204,14 @@ class TrainConfig(_Section):
     """On CUDA: forward and backward under bfloat16 autocast; log-probs and optimizer state stay float32."""
     processes: int = Field(1, ge=1)
     """P: run the train stage as a `torchrun --standalone` job of P processes (gloo on CPU, NCCL on CUDA), each taking every P-th micro-batch of each mini-batch; the update equals the one-process one (token-weighted gradient sum). 1: in the stage's process."""
+    fsdp: bool = False
+    """With processes > 1: shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per decoder layer) instead of a full copy in each; checkpoints keep the one-process format."""
+
+    @model_validator(mode="after")
+    def _check_fsdp(self) -> "TrainConfig":
+        if self.fsdp and self.processes < 2:
+            raise ValueError("train.fsdp shards over the processes: set train.processes to 2 or more")
+        return self
 
 
 class PromptsConfig(_Section):
@@ -351,7 +359,7 @@ class SparkConfig(_Section):
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
 _LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": None, "ray": None,
-                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes"),
+                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes", "fsdp"),
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward")}
 
 

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -105,6 +106,7 @@ def iteration_hash(cfg: SparkConfig) -> str:
     # run may switch it on or off, and runs made before the option existed keep their hash.
     data["train"].pop("packing")
     data["train"].pop("processes", None)  # placement: the update is the same (up to rounding, tested)
+    data["train"].pop("fsdp", None)
     return config_hash(data)
 
 
@@ -481,13 +483,15 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         source = _start_model(cfg, run_dir, k, phase)
         batch, lr_scale, overrides = _period_batch(cfg, run_dir, k, phase)
         out = checkpoint_dir(run_dir, k, phase)
+        extra: dict = {}
         if not batch and (source / TRAINER_STATE).is_file():
             # Nothing to train on (the reward phase of policy_only, an empty cache): the weights and
             # optimizer state pass on unchanged, so copy them instead of loading and saving a model.
             updates: list[dict] = []
             _replace_dir(out, lambda tmp: shutil.copytree(source, tmp))
         elif cfg.train.processes > 1:
-            updates = train_under_torchrun(cfg, run_dir, k, phase)
+            updates, held = train_under_torchrun(cfg, run_dir, k, phase)
+            extra["processes"] = {"count": cfg.train.processes, "fsdp": cfg.train.fsdp, "parameters_held": held}
         else:
             updates = train_period(cfg, run_dir, k, phase, (batch, lr_scale, overrides))
         table = write_table(run_dir, "updates", updates, iteration=k, part=phase)
@@ -500,17 +504,19 @@ def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
         # intermediate policy checkpoint is removed once the iteration completes.
         return dict(outputs={"updates": table}, rows={"updates": len(updates), "sequences": len(batch)},
                     inputs={"checkpoint": str(source)}, checkpoint=str(out),
-                    metrics={m: v for m, v in metrics.items() if v is not None})
+                    metrics={m: v for m, v in metrics.items() if v is not None}, **extra)
 
     return _run_stage(cfg, run_dir, f"train_{phase}", k, iteration_hash(cfg), body)
 
 
-def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tuple | None = None) -> list[dict]:
+def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tuple | None = None,
+                 report: dict | None = None) -> list[dict]:
     """Load the phase's start checkpoint and the KL anchor, train one period on the stage's
     batch (`plan`: `_period_batch`'s result when the caller has it), save the checkpoint (with
     optimizer and scheduler state); the `updates` rows. Under torchrun every process runs this:
     each loads the same weights and batch, the trainer deals out the micro-batches and sums the
     gradients, and only rank 0 saves."""
+    from spark_core.fsdp import full_model_state, full_optimizer_state, local_numel, shard
     from spark_core.trainer import rank_world
 
     source = _start_model(cfg, run_dir, k, phase)
@@ -519,25 +525,44 @@ def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tupl
     model, tok = load_checkpoint(source)
     ref, _ = load_checkpoint(start_model(cfg, run_dir))  # the KL anchor is the start model throughout the run
     r = cfg.rollout
+    device = pick_device(r.device)
+    rank, world = rank_world()
+    sharded = cfg.train.fsdp and world > 1
+    if sharded:  # before the optimizer is made: it must hold the shards
+        shard(model.to(device), device)
+        shard(ref.to(device), device)
     steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
     trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
-                      tok.pad_token_id, pick_device(r.device))
+                      tok.pad_token_id, device)
+    if report is not None and world > 1:  # what each process holds of the policy's parameters
+        import torch.distributed as dist
+
+        held = [None] * world
+        dist.all_gather_object(held, sum(local_numel(p) for p in model.parameters()))
+        report["parameters_held"] = held
     if k > 0 or phase == "reward":  # a run checkpoint: continue its optimizer and schedule
         trainer.load_state(source)
-    rank, _ = rank_world()
     _fault(f"train_{phase}.rank-{rank}")
     updates = trainer.train_period(batch, phase, lr_scale=lr_scale, **overrides) if batch else []
+    # Under FSDP the full weights and optimizer state are gathered to rank 0 (collectives: every rank).
+    weights = full_model_state(model) if sharded else None
+    opt_state = full_optimizer_state(model, trainer.opt) if sharded else None
 
     def save(tmp: Path) -> None:
-        save_checkpoint(model.cpu(), tok, tmp)
-        trainer.save_state(tmp)
+        if sharded:
+            plain, _ = load_checkpoint(source)
+            plain.load_state_dict(weights)
+            save_checkpoint(plain, tok, tmp)
+        else:
+            save_checkpoint(model.cpu(), tok, tmp)
+        trainer.save_state(tmp, opt_state)
 
     if rank == 0:
         _replace_dir(checkpoint_dir(run_dir, k, phase), save)
     return updates
 
 
-def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> list[dict]:
+def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list[dict], list[int]]:
     """`train_period` as `torchrun --standalone --nproc-per-node P` (spark_core/train_worker.py);
     its exit code is the stage's state: any rank failing fails the stage, and the checkpoint is
     only put in place by rank 0 after its period, so a re-run redoes the stage from its inputs."""
@@ -557,10 +582,14 @@ def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) ->
         with open(logf, "wb") as log_out:
             code = subprocess.run(cmd, env=env, stdout=log_out, stderr=subprocess.STDOUT).returncode
         if code != 0:
-            tail = logf.read_text(errors="replace").strip().splitlines()[-3:]
+            lines = logf.read_text(errors="replace").strip().splitlines()
+            # The first exception a rank raised says why; torchrun's own summary follows it.
+            errors = [ln.strip() for ln in lines if re.match(r"^\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception)\b", ln)]
+            why = errors[0] if errors else " | ".join(lines[-3:])
             raise RuntimeError(f"iteration {k} train_{phase}: torchrun with {P} processes failed (exit {code}); "
-                               f"nothing was saved, a re-run redoes the stage. Last lines: {' | '.join(tail)}")
-        return json.loads(result.read_text())
+                               f"nothing was saved, a re-run redoes the stage. {why[:500]}")
+        doc = json.loads(result.read_text())
+        return doc["updates"], doc["parameters_held"]  # the rows; what each process held of the policy
 
 
 def warmup_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:

@@ -5,7 +5,8 @@
 
 Joins the process group (gloo on CPU, NCCL on CUDA, one GPU per local rank), runs
 `iteration.train_period` (each process the same weights and batch, every P-th micro-batch,
-gradients summed), and rank 0 writes the `updates` rows to RESULT.json for the stage.
+gradients summed), and rank 0 writes the `updates` rows and the parameters each process held to RESULT.json
+for the stage.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ def main(argv: list[str]) -> int:
     try:
         from spark_core.iteration import train_period
 
-        updates = train_period(cfg, Path(run_dir), int(k), phase)
+        report: dict = {}
+        updates = train_period(cfg, Path(run_dir), int(k), phase, report=report)
         dist.barrier()  # rank 0 has saved: nobody reports success before the checkpoint is whole
         if dist.get_rank() == 0:
-            Path(result).write_text(json.dumps(updates))
+            Path(result).write_text(json.dumps({"updates": updates, **report}))
     finally:
         dist.destroy_process_group()
     return 0

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import torch
 
+from spark_core.fsdp import is_sharded, load_optimizer_state
 from spark_core.grpo import policy_loss, token_entropy, token_logprobs
 from spark_core.logits import blocked_matches, response_stats, use_blocks
 
@@ -157,21 +158,29 @@ class Trainer:
         sums = {k: 0.0 for k in keys}
         finite = True
         rank, world = rank_world()
-        for n, m in enumerate(range(0, len(mini), self.s.micro_batch_size)):
-            if n % world != rank:  # under torchrun: micro-batches dealt round-robin to the processes
-                continue
+        sharded = world > 1 and is_sharded(self.model)
+        starts = list(range(0, len(mini), self.s.micro_batch_size))
+        mine = starts[rank::world]  # under torchrun: micro-batches dealt round-robin to the processes
+        # FSDP's gathers and reductions are collectives: every process runs as many passes; one
+        # with a micro-batch fewer repeats its first at weight 0 (it adds nothing to the sum).
+        passes = [(m, True) for m in mine] + ([(0, False)] if sharded and len(mine) < -(-len(starts) // world) else [])
+        for m, counts in passes:
             micro = mini[m : m + self.s.micro_batch_size]
-            weight = sum(len(x.response_ids) for x in micro) / max(1, total_tokens)
+            weight = sum(len(x.response_ids) for x in micro) / max(1, total_tokens) if counts else 0.0
             loss, metrics = micro_loss(micro)
             if not torch.isfinite(loss):
                 finite = False
-                break
-            (loss * weight).backward()
-            for k in sums:
-                sums[k] += metrics.get(k, 0.0) * weight
+                if not sharded:
+                    break
+            (loss * weight).backward()  # sharded and non-finite: the pass still runs; the step is skipped
+            if counts:
+                for k in sums:
+                    sums[k] += metrics.get(k, 0.0) * weight
         if world > 1:
-            finite = self._all_reduce(sums, finite)
+            finite = self._all_reduce(sums, finite, grads=not sharded)  # FSDP has reduced the gradients
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm) if finite else torch.tensor(float("nan"))
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP (already the norm over every shard)
+            grad_norm = grad_norm.full_tensor()
         finite = finite and bool(torch.isfinite(grad_norm))
         base_lr = self.sched.get_last_lr()[0]
         if finite:
@@ -191,12 +200,15 @@ class Trainer:
         self.step += 1
         return row
 
-    def _all_reduce(self, sums: dict, finite: bool) -> bool:
-        """Sum the gradients and the metric sums over the processes (each holds its micro-batches'
-        token-weighted share, weighted by the whole mini-batch's tokens, so the sum is the
-        one-process gradient); every process then takes the same step. False if any was non-finite."""
+    def _all_reduce(self, sums: dict, finite: bool, grads: bool = True) -> bool:
+        """Sum the gradients (`grads`) and the metric sums over the processes (each holds its
+        micro-batches' token-weighted share, weighted by the whole mini-batch's tokens, so the sum
+        is the one-process gradient); every process then takes the same step. False if any was
+        non-finite."""
         import torch.distributed as dist
 
+        if not grads:
+            return self._reduce_stats(sums, finite, torch.device(self.device))
         params = [p for p in self.model.parameters() if p.requires_grad]
         for p in params:
             if p.grad is None:
@@ -207,8 +219,15 @@ class Trainer:
         for p in params:
             p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
             offset += p.numel()
+        return self._reduce_stats(sums, finite, flat.device)
+
+    @staticmethod
+    def _reduce_stats(sums: dict, finite: bool, device: torch.device) -> bool:
+        """Sum the metric sums over the processes in place; False if any process was non-finite."""
+        import torch.distributed as dist
+
         keys = list(sums)
-        stats = torch.tensor([sums[k] for k in keys] + [0.0 if finite else 1.0], dtype=torch.float64, device=flat.device)
+        stats = torch.tensor([sums[k] for k in keys] + [0.0 if finite else 1.0], dtype=torch.float64, device=device)
         dist.all_reduce(stats)
         for i, k in enumerate(keys):
             sums[k] = float(stats[i])
@@ -333,16 +352,21 @@ class Trainer:
 
     # ----------------------------------------------------------------------- state
 
-    def save_state(self, path: Path) -> None:
-        """Optimizer, scheduler and step counter beside a save_pretrained directory."""
+    def save_state(self, path: Path, optimizer_state: dict | None = None) -> None:
+        """Optimizer, scheduler and step counter beside a save_pretrained directory
+        (`optimizer_state`: the full state gathered from FSDP shards, spark_core/fsdp.py)."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        torch.save({"optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "step": self.step},
-                   path / TRAINER_STATE)
+        opt = optimizer_state if optimizer_state is not None else self.opt.state_dict()
+        torch.save({"optimizer": opt, "scheduler": self.sched.state_dict(), "step": self.step}, path / TRAINER_STATE)
 
     def load_state(self, path: Path) -> None:
-        state = torch.load(Path(path) / TRAINER_STATE, map_location=self.device, weights_only=False)
-        self.opt.load_state_dict(state["optimizer"])
+        sharded = rank_world()[1] > 1 and is_sharded(self.model)
+        state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu" if sharded else self.device, weights_only=False)
+        if sharded:
+            load_optimizer_state(self.model, self.opt, state["optimizer"])
+        else:
+            self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.step = state["step"]
 

@@ -9,7 +9,7 @@ import torch
 
 from spark_core.checkpoint import load_checkpoint
 from spark_core.config import load_config
-from spark_core.iteration import FAULT_ENV, checkpoint_dir, rollout, train, verify
+from spark_core.iteration import FAULT_ENV, checkpoint_dir, recycle_stage, rollout, train, verify
 from spark_core.stages import prepare_problems
 from spark_core.store import manifest_path, read_table
 
@@ -49,6 +49,8 @@ def test_two_processes_give_the_one_process_update(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     doc = _policy_period(_cfg(tmp_path, 2), two)
     assert doc["rows"]["updates"] == 2  # 16 sequences, 2 optimizer steps of 4 micro-batches each
+    total = sum(p.numel() for p in load_checkpoint(ROOT / "data/tiny-model")[0].parameters())
+    assert doc["processes"] == {"count": 2, "fsdp": False, "parameters_held": [total, total]}  # a full copy each
     u1, u2 = read_table(one, "updates").to_pylist(), read_table(two, "updates").to_pylist()
     assert len(u1) == len(u2) == 2
     for a, b in zip(u1, u2):
@@ -81,3 +83,72 @@ def test_a_dead_rank_fails_the_stage_and_a_rerun_redoes_it(tmp_path, monkeypatch
     assert a.drop(["seconds"]).equals(b.drop(["seconds"]))
     w1, w2 = _weights(run), _weights(clean)
     assert all(torch.equal(w1[n], w2[n]) for n in w1)
+
+
+FSDP = ("rollout:\n  batch_prompts: 4\n  group_size: 4\n"
+        "train:\n  mini_batch_size: 8\n  micro_batch_size: 3\n  processes: {P}\n  fsdp: {F}\n")
+
+
+def _fsdp_cfg(tmp_path, processes, fsdp):
+    path = tmp_path / f"f{processes}{fsdp}.yaml"
+    path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + FSDP.format(P=processes, F=str(fsdp).lower()))
+    return load_config(path)
+
+
+def test_fsdp_gives_the_one_process_update_and_resumes_from_its_own_state(tmp_path, monkeypatch):
+    # Micro-batches of 3 in mini-batches of 8: 3 passes per step, so rank 1 gets one fewer and
+    # must run a zero-weight pass for FSDP's collectives. Two periods: the reward period resumes
+    # from the optimizer state FSDP gathered and saved in the one-process format.
+    monkeypatch.setenv("SPARK_TRAIN_THREADS", "1")
+    one, two = tmp_path / "one", tmp_path / "two"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _policy_period(_fsdp_cfg(tmp_path, 1, False), one)
+    finally:
+        torch.set_num_threads(threads)
+    cfg2 = _fsdp_cfg(tmp_path, 2, True)
+    doc = _policy_period(cfg2, two)
+    total = sum(p.numel() for p in load_checkpoint(ROOT / "data/tiny-model")[0].parameters())
+    held = doc["processes"]["parameters_held"]
+    assert sum(held) == total and max(held) < 0.51 * total, held  # each process holds about half (dim 0 split)
+    s1 = torch.load(checkpoint_dir(one, 0, "policy") / "trainer_state.pt", weights_only=False)
+    s2 = torch.load(checkpoint_dir(two, 0, "policy") / "trainer_state.pt", weights_only=False)
+    assert s1["step"] == s2["step"] == 2
+    assert s1["optimizer"]["param_groups"][0]["params"] == s2["optimizer"]["param_groups"][0]["params"]
+    assert set(s1["optimizer"]["state"]) == set(s2["optimizer"]["state"])
+    for i, st in s1["optimizer"]["state"].items():  # Adam moments of every parameter, whole, not shards
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert st[key].shape == s2["optimizer"]["state"][i][key].shape
+            a, b = st[key], s2["optimizer"]["state"][i][key]
+            assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max()) + 1e-20, (i, key)  # moments are ~1e-11
+    # The reward period: a second train stage, resuming each run from its own saved state.
+    torch.set_num_threads(1)
+    try:
+        for run, cfg in ((one, _fsdp_cfg(tmp_path, 1, False)), (two, cfg2)):
+            recycle_stage(cfg, run, 0)
+            for stage in (rollout, verify):
+                stage(cfg, run, 0, "reward")
+            if run == one:
+                train(cfg, run, 0, "reward")
+    finally:
+        torch.set_num_threads(threads)
+    train(cfg2, two, 0, "reward")
+    u1, u2 = read_table(one, "updates").to_pylist(), read_table(two, "updates").to_pylist()
+    assert len(u1) == len(u2) >= 3
+    for a, b in zip(u1, u2):
+        for key in ("loss", "policy_loss", "kl", "entropy", "grad_norm", "tokens"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5, rel=1e-5), (a["phase"], a["step"], key)
+    w1, w2 = _weights(one), _weights(two)
+    assert max(float((w1[n] - w2[n]).abs().max()) for n in w1) < 1e-5
+    r1 = load_checkpoint(checkpoint_dir(one, 0, "reward"))[0].state_dict()
+    r2 = load_checkpoint(checkpoint_dir(two, 0, "reward"))[0].state_dict()
+    assert max(float((r1[n] - r2[n]).abs().max()) for n in r1) < 1e-5
+
+
+def test_fsdp_without_processes_is_a_one_line_config_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + "train:\n  fsdp: true\n")
+    with pytest.raises(Exception, match="train.fsdp shards over the processes") as err:
+        load_config(path)
+    assert "\n" not in str(err.value), str(err.value)
