@@ -6,7 +6,9 @@ MLflow store, the problems table, the judge set), then one timed flow run of N i
 Reported per configuration: wall time of each stage (mean over the N iterations), rollout and
 training tokens/s, peak resident memory of this process, and the orchestration overhead: the
 share of the timed flow run's wall time spent outside the stages' own work (Prefect task
-runs, manifests, locks, MLflow tracking, the co-evolution plot).
+runs, manifests, locks, MLflow tracking, the co-evolution plot), and the share of each component
+(spark_core/timing.py: model loads, Parquet and manifests inside the stages; manifests, MLflow,
+the plot and the rest, which is Prefect and the flow's code, outside them).
 
 Run: `.venv/bin/python benchmarks/bench_pipeline.py [--iterations 3] [--out docs/bench/pipeline.parquet]`
 Without a running Prefect server the flow uses a temporary one (flows/local.py).
@@ -36,6 +38,7 @@ from spark_core.checkpoint import build_model, build_tokenizer, save_checkpoint 
 from spark_core.config import TinyModelConfig, load_config  # noqa: E402
 from spark_core.iteration import STAGES  # noqa: E402
 from spark_core.store import read_manifest  # noqa: E402
+from spark_core import timing  # noqa: E402
 
 LARGER = {"hidden": 256, "layers": 8, "heads": 8, "intermediate": 1024, "max_positions": 256}
 
@@ -48,9 +51,11 @@ def measure(name: str, cfg_path: Path, iterations: int, work: Path) -> dict:
     data = work / name
     run = "bench"
     spark(run=run, config=str(cfg_path), iterations=1, data_dir=str(data))  # warm-up: stores, tables, judge set
+    timing.reset()
     start = time.monotonic()
     spark(run=run, config=str(cfg_path), iterations=iterations, data_dir=str(data))
     wall = time.monotonic() - start
+    parts = components(timing.totals(), wall)
     run_dir = data / "runs" / run
     stage_secs = {s: [] for s in STAGES}
     metrics = []
@@ -72,7 +77,21 @@ def measure(name: str, cfg_path: Path, iterations: int, work: Path) -> dict:
         "train_tokens_per_s_policy": mean("policy/train_tokens_per_s"),
         "train_tokens_per_s_reward": mean("reward/train_tokens_per_s"),
         "peak_rss_mb": peak_rss_mb(), "batch_prompts": cfg.rollout.batch_prompts, "group_size": cfg.rollout.group_size,
+        **{f"share_{k}": v / wall for k, v in parts.items()},
     }
+
+
+def components(rows: list[dict], wall: float) -> dict[str, float]:
+    """Seconds per component of a flow run (spark_core/timing.py): the stages' compute, the I/O
+    inside stages, and outside them (the orchestration overhead) manifests, MLflow, the plot,
+    Parquet, model loads, and the rest (Prefect's task runs and the flow's own code)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        name = r["component"].replace("/", "_").replace(" ", "_")
+        key = "stage_compute" if name == "stage" else f"{'in_stage' if r['in_stage'] else 'outside'}_{name}"
+        out[key] = out.get(key, 0.0) + r["seconds"]
+    out["outside_prefect_and_flow"] = wall - sum(out.values())
+    return out
 
 
 def larger_config(work: Path) -> Path:
@@ -101,7 +120,11 @@ def main() -> None:
         if not a.skip_larger:
             rows.append(measure("larger tiny-architecture (random weights)", larger_config(work), a.iterations, work))
     for r in rows:
-        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}, indent=1))
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in r.items() if not k.startswith("share_")},
+                         indent=1))
+        print(f"where the wall time of {r['config']} went (share of {r['wall_seconds']:.1f} s):")
+        for k, v in sorted(((k, v) for k, v in r.items() if k.startswith("share_")), key=lambda kv: -kv[1]):
+            print(f"  {k[6:]:<34} {100 * v:6.2f}%")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows), a.out)

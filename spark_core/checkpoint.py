@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from transformers.utils import logging as hf_logging
+from spark_core.timing import timed
 
 # Every stage loads and saves checkpoints: transformers' per-load progress bars would drown
 # the stage logs (the Prefect UI, serve.log) in "Loading weights" lines.
@@ -82,6 +83,7 @@ def build_model(tokenizer, arch, seed: int):
     return model
 
 
+@timed("model load/save")
 def save_checkpoint(model, tokenizer, path: Path) -> None:
     """save_pretrained for model (safetensors), tokenizer and generation config."""
     path = Path(path)
@@ -117,6 +119,7 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
+@timed("model load/save")
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a directory, model in eval mode on `device`."""
     from transformers import AutoModelForCausalLM

@@ -65,6 +65,7 @@ from spark_core.store import (
 )
 from spark_core.trainer import TRAINER_STATE, Trainer, TrainSettings, settings_from_config
 from spark_core.verdict_prob import right_verdict_probability
+from spark_core.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +207,7 @@ def _run_stage(cfg: SparkConfig, run_dir: Path, stage: str, k: int, key: str, bo
         log.info("iteration %d %s: complete, skipped", k, stage)
         return read_manifest(run_dir, stage, k)
     start = time.monotonic()
-    doc = body()
+    doc = timed("stage")(body)()
     _fault(stage)
     write_manifest(run_dir, stage, k, key, outputs=doc.pop("outputs", {}), rows=doc.pop("rows", {}),
                    inputs=doc.pop("inputs", {}), seconds=time.monotonic() - start, extra=doc)
@@ -225,6 +226,7 @@ _SAMPLE_SCHEMA = pa.schema([
 ])
 
 
+@timed("parquet")
 def write_samples(run_dir: Path, path: Path, tasks: list[Task], groups: list[list[Sample]]) -> None:
     rows = [dict(prompt_id=t.prompt_id, kind=t.kind, prompt=t.prompt, label=t.label, question=t.question,
                  sample_index=s.sample_index, text=s.text, prompt_ids=s.prompt_ids, token_ids=s.token_ids,
@@ -233,6 +235,7 @@ def write_samples(run_dir: Path, path: Path, tasks: list[Task], groups: list[lis
     atomic_write_parquet(pa.Table.from_pylist(rows, schema=_SAMPLE_SCHEMA), path, staging_dir(run_dir))
 
 
+@timed("parquet")
 def read_samples(path: Path) -> tuple[list[Task], list[list[Sample]]]:
     """Tasks and their groups of samples, in the order they were sampled."""
     tasks: list[Task] = []

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from spark_core.timing import timed
 
 # --------------------------------------------------------------------------- schemas
 
@@ -230,6 +231,7 @@ def part_path(run_dir: Path, table: str, iteration: int | None, part: str) -> Pa
     return root / f"iteration={iteration}" / f"{part}.parquet"
 
 
+@timed("parquet")
 def write_table(
     run_dir: Path, table: str, rows: pa.Table | Iterable[dict], iteration: int | None = None, part: str = "part"
 ) -> Path:
@@ -244,6 +246,7 @@ def write_table(
     return path
 
 
+@timed("parquet")
 def read_table(run_dir: Path, table: str) -> pa.Table:
     """Every part of a table (with its `iteration` column when partitioned); empty if none."""
     schema = _check_name(table)
@@ -274,6 +277,7 @@ def manifest_path(run_dir: Path, stage: str, iteration: int | None) -> Path:
     return (base if iteration is None else base / f"iteration={iteration}") / f"{stage}.json"
 
 
+@timed("manifests")
 def write_manifest(
     run_dir: Path,
     stage: str,
@@ -303,6 +307,7 @@ def write_manifest(
     return path
 
 
+@timed("manifests")
 def read_manifest(run_dir: Path, stage: str, iteration: int | None) -> dict | None:
     path = manifest_path(run_dir, stage, iteration)
     if not path.is_file():
@@ -378,6 +383,7 @@ def _owner_hint(run_dir: Path, path: Path) -> str:
     return "no manifest names it as an output; restore or remove it"
 
 
+@timed("manifests")
 def stage_complete(run_dir: Path, stage: str, iteration: int | None, config_hash: str) -> bool:
     """True when the stage's manifest exists, matches `config_hash`, and its outputs are usable:
     each exists, a Parquet output's footer reads, a checkpoint it wrote has its weights. A damaged

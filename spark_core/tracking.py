@@ -19,6 +19,7 @@ from pathlib import Path
 
 from spark_core.config import SparkConfig
 from spark_core.store import atomic_write_bytes, read_manifest
+from spark_core.timing import timed
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def iteration_metrics(run_dir: Path, k: int) -> dict[str, float]:
     return out
 
 
+@timed("plot")
 def coevolution_plot(run_dir: Path, out: Path) -> Path:
     """Policy accuracy and judge accuracy against iteration, from every completed iteration."""
     import matplotlib
@@ -171,6 +173,7 @@ def coevolution_plot(run_dir: Path, out: Path) -> Path:
     return out
 
 
+@timed("mlflow")
 def track_iterations(cfg: SparkConfig, run_dir: str | Path, iterations, data_dir: str | Path | None = None,
                      experiment: str = EXPERIMENT, parent_run_id: str | None = None) -> str:
     """Log the metrics of each given iteration not logged yet (step = iteration), then the

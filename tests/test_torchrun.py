@@ -2,6 +2,7 @@
 processes; the update must equal the one-process update within 1e-5, and a rank that dies
 must fail the stage cleanly, a re-run then redoing it."""
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,18 @@ def _policy_period(cfg, run):
     return train(cfg, run, 0, "policy")
 
 
+@contextlib.contextmanager
+def one_thread():
+    """One torch thread in this process, as SPARK_TRAIN_THREADS=1 gives the torchrun ones: float
+    reductions (and so the last digits of the gradient norm) depend on the thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _weights(run):
     model, _ = load_checkpoint(checkpoint_dir(run, 0, "policy"))
     return {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -41,12 +54,8 @@ def test_two_processes_give_the_one_process_update(tmp_path, monkeypatch):
     # last digits of the gradient norm) depend on the thread count, not only on the split.
     monkeypatch.setenv("SPARK_TRAIN_THREADS", "1")
     one, two = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         _policy_period(_cfg(tmp_path, 1), one)
-    finally:
-        torch.set_num_threads(threads)
     doc = _policy_period(_cfg(tmp_path, 2), two)
     assert doc["rows"]["updates"] == 2  # 16 sequences, 2 optimizer steps of 4 micro-batches each
     total = sum(p.numel() for p in load_checkpoint(ROOT / "data/tiny-model")[0].parameters())
@@ -101,12 +110,8 @@ def test_fsdp_gives_the_one_process_update_and_resumes_from_its_own_state(tmp_pa
     # from the optimizer state FSDP gathered and saved in the one-process format.
     monkeypatch.setenv("SPARK_TRAIN_THREADS", "1")
     one, two = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         _policy_period(_fsdp_cfg(tmp_path, 1, False), one)
-    finally:
-        torch.set_num_threads(threads)
     cfg2 = _fsdp_cfg(tmp_path, 2, True)
     doc = _policy_period(cfg2, two)
     total = sum(p.numel() for p in load_checkpoint(ROOT / "data/tiny-model")[0].parameters())
@@ -123,16 +128,13 @@ def test_fsdp_gives_the_one_process_update_and_resumes_from_its_own_state(tmp_pa
             a, b = st[key], s2["optimizer"]["state"][i][key]
             assert float((a - b).abs().max()) <= 1e-4 * float(a.abs().max()) + 1e-20, (i, key)  # moments are ~1e-11
     # The reward period: a second train stage, resuming each run from its own saved state.
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         for run, cfg in ((one, _fsdp_cfg(tmp_path, 1, False)), (two, cfg2)):
             recycle_stage(cfg, run, 0)
             for stage in (rollout, verify):
                 stage(cfg, run, 0, "reward")
             if run == one:
                 train(cfg, run, 0, "reward")
-    finally:
-        torch.set_num_threads(threads)
     train(cfg2, two, 0, "reward")
     u1, u2 = read_table(one, "updates").to_pylist(), read_table(two, "updates").to_pylist()
     assert len(u1) == len(u2) >= 3
