@@ -7,7 +7,8 @@
 A flow run continues the run after its last completed iteration, so nightly runs extend one
 co-evolution; stages already complete (a crashed or killed earlier flow run) are skipped.
 Only one flow run works on a run directory at a time (a second one waits for the lock).
-With `rollout.shards` > 1 each rollout stage is one task run per shard and a merge; with
+With `rollout.shards` > 1 each rollout stage is one task run per shard and a merge, and each
+verify stage one task run per shard's verdicts and the scoring; with
 `runner: ray` the iterations run in a subflow whose task runner is a Ray cluster (prefect-ray),
 so the shards run side by side on its workers (see flows/runners.py).
 """
@@ -75,7 +76,7 @@ def iterate(cfg, run_dir: Path, first: int, n: int, data: Path) -> dict:
             if phase == "reward":
                 stages.recycle(cfg, run_dir, k)
             rollout(cfg, run_dir, k, phase)
-            stages.verify(cfg, run_dir, k, phase)
+            verify(cfg, run_dir, k, phase)
             stages.train(cfg, run_dir, k, phase)
         stages.evaluate(cfg, run_dir, k)
         last = stages.finish(cfg, run_dir, k)
@@ -94,21 +95,37 @@ def rollout(cfg, run_dir: Path, k: int, phase: str) -> None:
     """Stage rollout_<phase>: one task, or `rollout.shards` shard tasks and a merge. On Ray the
     shards are submitted together (one Ray task each, with the CPUs and GPUs of `ray`); a
     shard that fails is retried alone, and the merge waits for every shard's part."""
-    shards = cfg.rollout.shards
-    if shards == 1:
+    if cfg.rollout.shards == 1:
         stages.rollout(cfg, run_dir, k, phase)
         return
+    run_shards(cfg, stages.rollout_shard, run_dir, k, phase)
+    stages.rollout_merge(cfg, run_dir, k, phase)
+
+
+def verify(cfg, run_dir: Path, k: int, phase: str) -> None:
+    """Stage verify_<phase>: with `rollout.shards` > 1 the verdicts of each shard's samples are
+    shard tasks first (on Ray side by side, CPUs only), then the stage scores them together."""
+    if cfg.rollout.shards > 1:
+        run_shards(cfg, stages.verify_shard, run_dir, k, phase, gpus=False)
+    stages.verify(cfg, run_dir, k, phase)
+
+
+def run_shards(cfg, shard_task, run_dir: Path, k: int, phase: str, gpus: bool = True) -> None:
+    """Every shard of a stage: on Ray submitted together (the CPUs and, for sampling, GPUs of
+    `ray` per shard), raising the first failure; locally one after another in this process
+    (two models in one process buy nothing here)."""
+    shards = cfg.rollout.shards
     if cfg.runner == "ray":
         from prefect_ray.context import remote_options
 
-        with remote_options(num_cpus=cfg.ray.cpus_per_shard, num_gpus=cfg.ray.gpus_per_shard or None):
-            futures = [stages.rollout_shard.submit(cfg, run_dir, k, phase, i) for i in range(shards)]
+        gpu = (cfg.ray.gpus_per_shard or None) if gpus else None
+        with remote_options(num_cpus=cfg.ray.cpus_per_shard, num_gpus=gpu):
+            futures = [shard_task.submit(cfg, run_dir, k, phase, i) for i in range(shards)]
         for f in futures:
             f.result()  # raises the first failed shard's error
-    else:  # local: one after another in this process (two models in one process buy nothing here)
+    else:
         for i in range(shards):
-            stages.rollout_shard(cfg, run_dir, k, phase, i)
-    stages.rollout_merge(cfg, run_dir, k, phase)
+            shard_task(cfg, run_dir, k, phase, i)
 
 
 if __name__ == "__main__":

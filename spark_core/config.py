@@ -149,7 +149,7 @@ class RolloutConfig(_Section):
     judge_max_new_tokens: int = Field(96, ge=1)
     """Longest judge or reflection response, in tokens."""
     shards: int = Field(1, ge=1)
-    """S: split each rollout stage's prompts into S shards, each its own task run on the configured runner, sampling seeded from (seed, iteration, phase, shard); 1: one unsharded stage."""
+    """S: split each rollout stage's prompts into S shards, each its own task run on the configured runner, sampling seeded from (seed, iteration, phase, shard), and the verify stage's verdicts likewise (the rewards are then the unsharded ones); 1: one unsharded stage."""
 
 
 class RayConfig(_Section):

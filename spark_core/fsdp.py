@@ -28,9 +28,10 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return list(layers)
 
 
-def shard(model: nn.Module, device: torch.device) -> nn.Module:
+def shard(model: nn.Module, device: torch.device, frozen: bool = False) -> nn.Module:
     """Shard `model` in place over the process group: each decoder layer its own FSDP unit (its
-    parameters gathered only while it runs), the rest (embeddings, final norm, LM head) the root's."""
+    parameters gathered only while it runs), the rest (embeddings, final norm, LM head) the root's.
+    `frozen` (the reference): the root reshards after its forward too, since no backward will."""
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -38,7 +39,7 @@ def shard(model: nn.Module, device: torch.device) -> nn.Module:
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    fully_shard(model, mesh=mesh, **({"reshard_after_forward": True} if frozen else {}))
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)  # a sum: the micro-batches carry the mini-batch's token weights
@@ -74,6 +75,8 @@ def full_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
     index), empty elsewhere. A collective: every rank calls it."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    if not opt.state:  # no step taken yet: torch's helper would take a zero step to make some
+        return opt.state_dict()
     by_name = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if not by_name:
         return {}
@@ -87,6 +90,8 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: di
     run) into the sharded optimizer; every rank passes the same full state."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    if not state["state"]:  # saved before any step: nothing to load (as torch.optim would do)
+        return
     names = _names(model)
     by_name = {"state": {names[i]: v for i, v in state["state"].items()},
                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in state["param_groups"]]}

@@ -53,7 +53,9 @@ from spark_core.config import SparkConfig, config_hash, stable_resolved
 from spark_core.evaluate import (
     JudgeItem, build_judge_set, policy_metrics, rows_for_evals, run_judge_set, sample_groups, tts_best_of_n, tts_reflect,
 )
-from spark_core.periods import Task, groups_for_recycling, judge_tasks, period_metrics, score, solve_tasks, training_batch
+from spark_core.periods import (
+    Task, groups_for_recycling, judge_tasks, period_metrics, score, solve_tasks, training_batch, verdicts_of,
+)
 from spark_core.problems import Problem
 from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_cache
 from spark_core.records import InputError
@@ -66,6 +68,7 @@ from spark_core.store import (
 from spark_core.trainer import TRAINER_STATE, Trainer, TrainSettings, settings_from_config
 from spark_core.verdict_prob import right_verdict_probability
 from spark_core.timing import timed
+from spark_core.verify import Verdict
 
 log = logging.getLogger(__name__)
 
@@ -366,13 +369,71 @@ def rollout_merge(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return _run_stage(cfg, run_dir, f"rollout_{phase}", k, key, body)
 
 
+_VERDICT_SCHEMA = pa.schema([("correct", pa.bool_()), ("extracted", pa.string()), ("rule", pa.string()),
+                             ("error", pa.string())])
+
+
+def verdicts_path(run_dir: Path, k: int, phase: str, i: int, shards: int) -> Path:
+    return samples_path(run_dir, k, phase).with_name(f"{phase}.verdicts.shard-{i}-of-{shards}.parquet")
+
+
+def verify_shard_stage(phase: str, i: int, shards: int) -> str:
+    return f"verify_{phase}.shard-{i}-of-{shards}"
+
+
+def verify_shard(cfg: SparkConfig, run_dir: Path, k: int, phase: str, i: int) -> dict:
+    """Stage `verify_<phase>.shard-i-of-S` (with `rollout.shards` S > 1): the verifier's verdicts
+    on the samples of shard i's prompts (`shard_range` over the merged side file) into their own
+    file, with their own manifest. The rewards and advantages need every group of the phase, so
+    the `verify_<phase>` stage computes them from the shards' verdicts (equal to unsharded)."""
+    run_dir, n = Path(run_dir), cfg.rollout.shards
+    if not 0 <= i < n:
+        raise ValueError(f"shard {i} does not exist: rollout.shards is {n}")
+
+    def body() -> dict:
+        source = samples_path(run_dir, k, phase)
+        tasks, groups = read_samples(source)
+        a, b = shard_range(len(tasks), n, i)
+        start = time.monotonic()
+        verdicts = verdicts_of(tasks[a:b], groups[a:b])
+        seconds = time.monotonic() - start
+        out = verdicts_path(run_dir, k, phase, i, n)
+        table = pa.Table.from_pylist([dict(correct=v.correct, extracted=v.extracted, rule=v.rule, error=v.error)
+                                      for v in verdicts], schema=_VERDICT_SCHEMA)
+        atomic_write_parquet(table, out, staging_dir(run_dir))
+        return dict(outputs={"verdicts": out}, rows={"verdicts": len(verdicts)}, inputs={"samples": str(source)},
+                    shard=i, shards=n, prompts=[a, b], host=socket.gethostname(), pid=os.getpid(),
+                    verify_seconds=seconds)
+
+    return _run_stage(cfg, run_dir, verify_shard_stage(phase, i, n), k, iteration_hash(cfg), body)
+
+
+def _shard_verdicts(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> list[Verdict]:
+    """Every verify shard's verdicts in shard order (each shard must have completed)."""
+    n, key = cfg.rollout.shards, iteration_hash(cfg)
+    missing = [i for i in range(n) if not stage_complete(run_dir, verify_shard_stage(phase, i, n), k, key)]
+    if missing:
+        raise RuntimeError(f"iteration {k} verify_{phase}: shard {missing[0]} of {n} has not completed; "
+                           f"run its stage first (the flow does)")
+    rows = [r for i in range(n) for r in pq.read_table(verdicts_path(run_dir, k, phase, i, n)).to_pylist()]
+    return [Verdict(r["correct"], r["extracted"], r["rule"], r["error"]) for r in rows]
+
+
 def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
-    """Stage `verify_<phase>`: verify the samples, compute group advantages, write `rollouts`."""
+    """Stage `verify_<phase>`: verify the samples, compute group advantages, write `rollouts`.
+
+    With `rollout.shards` S > 1 the verdicts come from S verify shard stages (`verify_shard`;
+    here, without a task runner, run one after another in this process first)."""
     run_dir = Path(run_dir)
+    shards = cfg.rollout.shards
+    if shards > 1 and not stage_complete(run_dir, f"verify_{phase}", k, iteration_hash(cfg)):
+        for i in range(shards):
+            verify_shard(cfg, run_dir, k, phase, i)
 
     def body() -> dict:
         tasks, groups = read_samples(samples_path(run_dir, k, phase))
-        rows, group_ids, unjudged = score(tasks, groups, phase, cfg.train.advantage, run=run_dir.name)
+        verdicts = _shard_verdicts(cfg, run_dir, k, phase) if shards > 1 else None
+        rows, group_ids, unjudged = score(tasks, groups, phase, cfg.train.advantage, run=run_dir.name, verdicts=verdicts)
         extra: dict = {}
         metrics: dict = {}
         if phase == "reward":
@@ -530,10 +591,12 @@ def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tupl
     r = cfg.rollout
     device = pick_device(r.device)
     rank, world = rank_world()
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (train_worker set it)
     sharded = cfg.train.fsdp and world > 1
     if sharded:  # before the optimizer is made: it must hold the shards
         shard(model.to(device), device)
-        shard(ref.to(device), device)
+        shard(ref.to(device), device, frozen=True)
     steps_per_iteration = 2 * -(-r.batch_prompts * r.group_size // cfg.train.mini_batch_size)
     trainer = Trainer(model, ref, settings_from_config(cfg.train, 1000 * steps_per_iteration, r.temperature),
                       tok.pad_token_id, device)
@@ -802,6 +865,10 @@ def placement(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
                     for i in range(cfg.rollout.shards)]
             out[f"rollout_{phase}_shards"] = [{"host": d.get("host"), "pid": d.get("pid"), "seconds": d.get("seconds"),
                                                "prompts": d.get("prompts")} for d in docs if d]
+            docs = [read_manifest(run_dir, verify_shard_stage(phase, i, cfg.rollout.shards), k)
+                    for i in range(cfg.rollout.shards)]
+            out[f"verify_{phase}_shards"] = [{"host": d.get("host"), "pid": d.get("pid"), "seconds": d.get("seconds"),
+                                              "prompts": d.get("prompts")} for d in docs if d]
     return out
 
 

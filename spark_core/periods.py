@@ -29,7 +29,7 @@ from spark_core.recycle import JudgeRow, Rollout
 from spark_core.templates import verdict_options
 from spark_core.rollout import Engine, Sample, SamplingSpec
 from spark_core.trainer import Sequence_, Trainer
-from spark_core.verify import DEFAULT_TIMEOUT_S, normalize_label, verify_response
+from spark_core.verify import DEFAULT_TIMEOUT_S, Verdict, normalize_label, verify_response
 
 
 @dataclass(frozen=True)
@@ -73,21 +73,32 @@ def run_period(
     return rows, updates, metrics
 
 
+def verdicts_of(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]],
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> list[Verdict]:
+    """The verifier's verdict on every sample against its task's label, in sample order."""
+    return [verify_response(s.text, task.label, timeout_s=timeout_s) for task, group in zip(tasks, groups) for s in group]
+
+
 def score(
     tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], phase: str, advantage: str = "grpo", run: str = "",
-    timeout_s: float = DEFAULT_TIMEOUT_S,
+    timeout_s: float = DEFAULT_TIMEOUT_S, verdicts: Sequence[Verdict] | None = None,
 ) -> tuple[list[dict], list[int], int]:
     """Verify every sample against its task's label and compute group advantages.
 
     Returns (`rollouts` rows in sample order with reward and advantage, the group index of
     each row, how many responses the verifier could not judge). Reward = 1.0 for a
     verified-correct response, 0.0 otherwise (unjudgeable ones included, and counted).
+    `verdicts`: already computed (sharded verify), one per sample in sample order.
     """
+    n = sum(len(g) for g in groups)
+    if verdicts is not None and len(verdicts) != n:
+        raise ValueError(f"{len(verdicts)} verdicts for {n} samples: the verify shards and the samples disagree")
+    todo = iter(verdicts) if verdicts is not None else None
     rows, rewards, group_ids = [], [], []
     unjudged = 0
     for gi, (task, group) in enumerate(zip(tasks, groups)):
         for s in group:
-            v = verify_response(s.text, task.label, timeout_s=timeout_s)
+            v = next(todo) if todo is not None else verify_response(s.text, task.label, timeout_s=timeout_s)
             unjudged += v.correct is None
             reward = 1.0 if v.correct else 0.0
             rows.append(dict(

@@ -290,8 +290,14 @@ class Trainer:
         return token_logprobs(logits, tokens, self.s.temperature), token_entropy(logits, self.s.temperature)
 
     def _use_blocks(self) -> bool:
+        if self._blocked is None and rank_world()[1] > 1 and is_sharded(self.model):
+            # The blocked path calls the decoder and the head directly, past the FSDP root's hook
+            # that gathers the embeddings and head: under FSDP the logits come from model(...).
+            if use_blocks(self.model, self.s.blocked_logits):
+                log.warning("train.fsdp: blocked log-probs are not used under FSDP (full logits: more memory)")
+            self._blocked = False
         if self._blocked is None:
-            self._blocked = use_blocks(self.model, self.s.blocked_logits) and blocked_matches(self.model)
+            self._blocked = _agree(use_blocks(self.model, self.s.blocked_logits) and blocked_matches(self.model))
             if not self._blocked and self.s.blocked_logits == "always":
                 log.warning("%s: blocked log-probs do not match the model's logits; using full logits",
                             type(self.model).__name__)
@@ -344,7 +350,7 @@ class Trainer:
         if not self.s.packing:
             return False
         if self._packing_ok is None:
-            self._packing_ok = packing_matches(self.model, self.pad_id, self.device)
+            self._packing_ok = _agree(packing_matches(self.model, self.pad_id, self.device))
             if not self._packing_ok:
                 log.warning("%s: packed sequences give other logits than padded ones; training with padding",
                             type(self.model).__name__)
@@ -372,6 +378,20 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- layout helpers
+
+
+def _agree(flag: bool) -> bool:
+    """`flag` if every process found it (a check each rank made on its own): under torchrun the
+    ranks must take the same path, or their collectives would not match."""
+    if rank_world()[1] == 1:
+        return flag
+    import torch.distributed as dist
+
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def rank_world() -> tuple[int, int]:

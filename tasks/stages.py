@@ -66,6 +66,11 @@ def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return iteration.verify(cfg, run_dir, k, phase)
 
 
+@task(name="verify-shard", task_run_name="verify-{phase}-{k}-shard-{shard}", retries=1, **_common)
+def verify_shard(cfg: SparkConfig, run_dir: Path, k: int, phase: str, shard: int) -> dict:
+    return iteration.verify_shard(cfg, run_dir, k, phase, shard)
+
+
 @task(name="train", task_run_name="train-{phase}-{k}", retries=1, **_common)
 def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     return iteration.train(cfg, run_dir, k, phase)

@@ -15,7 +15,8 @@ PROBES = sorted((ROOT / "research").glob("*.py"))
 def test_there_are_probes_and_no_benchmark_is_a_probe():
     assert len(PROBES) >= 10
     bench = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
-    assert bench <= {"bench_memory.py", "bench_pipeline.py", "bench_scale.py", "bench_rollout.py", "bench_trl.py", "bench_verify.py",
+    assert bench <= {"bench_compile.py", "bench_memory.py", "bench_pipeline.py", "bench_real.py", "bench_scale.py",
+                     "bench_rollout.py", "bench_trl.py", "bench_verify.py",
                      "gpu_check.py"}, bench
 
 

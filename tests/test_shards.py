@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from spark_core.config import load_config
 from spark_core.iteration import (
-    FAULT_ENV, read_samples, run_iteration, samples_path, shard_range, shard_stage,
+    FAULT_ENV, read_samples, run_iteration, samples_path, shard_range, shard_stage, verify_shard_stage,
 )
+from spark_core.periods import score
 from spark_core.stages import prepare_problems
 from spark_core.store import manifest_path, read_manifest, read_table
 
@@ -57,8 +58,18 @@ def _complete(run, cfg, k=0):
     assert all(len(g) == cfg.rollout.group_size for g in groups)
     for i in range(cfg.rollout.shards):
         assert read_manifest(run, shard_stage("policy", i, cfg.rollout.shards), k)["shard"] == i
+        assert read_manifest(run, verify_shard_stage("policy", i, cfg.rollout.shards), k)["shard"] == i
     place = read_manifest(run, "iteration", k)["placement"]
     assert place["rollout_shards"] == cfg.rollout.shards and len(place["rollout_policy_shards"]) == cfg.rollout.shards
+    assert len(place["verify_policy_shards"]) == len(place["verify_reward_shards"]) == cfg.rollout.shards
+    # The sharded verdicts give the rewards and advantages of verifying the samples in one piece.
+    for phase in ("policy", "reward"):
+        tasks, groups = read_samples(samples_path(run, k, phase))
+        whole, _, _ = score(tasks, groups, phase, cfg.train.advantage, run=run.name)
+        table = [r for r in read_table(run, "rollouts").to_pylist() if r["phase"] == phase and r["iteration"] == k]
+        keys = ("prompt_id", "sample_index", "correct", "extracted", "rule", "reward")
+        assert [tuple(r[c] for c in keys) for r in table] == [tuple(r[c] for c in keys) for r in whole]
+        assert [r["advantage"] for r in table] == pytest.approx([r["advantage"] for r in whole], abs=1e-6)
     return place
 
 
