@@ -650,8 +650,11 @@ def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) ->
         if code != 0:
             lines = logf.read_text(errors="replace").strip().splitlines()
             # The first exception a rank raised says why; torchrun's own summary follows it.
-            errors = [ln.strip() for ln in lines if re.match(r"^\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception)\b", ln)]
-            why = errors[0] if errors else " | ".join(lines[-3:])
+            errors = [ln.strip() for ln in lines
+                      if re.match(r"^\s*(\[rank\d+\]:\s*)?[\w.]*(Error|Exception)\b|^\s*what\(\):", ln)]
+            # A surviving rank reports only that its peer went away; the dead rank's error says why.
+            first = [e for e in errors if not re.search(r"Connection reset|Connection closed|Read error|ChildFailedError", e)]
+            why = (first or errors or [" | ".join(lines[-3:])])[0]
             raise RuntimeError(f"iteration {k} train_{phase}: torchrun with {P} processes failed (exit {code}); "
                                f"nothing was saved, a re-run redoes the stage. {why[:500]}")
         doc = json.loads(result.read_text())

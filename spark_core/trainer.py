@@ -159,6 +159,9 @@ class Trainer:
         finite = True
         rank, world = rank_world()
         sharded = world > 1 and is_sharded(self.model)
+        if world > 1:  # the one-time checks are collectives there: every rank makes them here, even one
+            self._use_blocks()  # without a micro-batch in this step
+            self._use_packing()
         starts = list(range(0, len(mini), self.s.micro_batch_size))
         mine = starts[rank::world]  # under torchrun: micro-batches dealt round-robin to the processes
         # FSDP's gathers and reductions are collectives: every process runs as many passes; one

@@ -166,6 +166,25 @@ def test_fsdp_with_blocked_log_probs_asked_for_gives_the_one_process_update(tmp_
     assert max(float((w1[n] - w2[n]).abs().max()) for n in w1) < 1e-5
 
 
+def test_a_rank_without_a_micro_batch_still_takes_part(tmp_path, monkeypatch):
+    # Micro-batch = mini-batch: rank 1 has no micro-batch in any step (configs/tiny-ray.yaml's
+    # shape), yet the one-time checks (blocked head, packing) are collectives it must join.
+    monkeypatch.setenv("SPARK_TRAIN_THREADS", "1")
+    one, two = tmp_path / "one", tmp_path / "two"
+    shape = "rollout:\n  batch_prompts: 4\n  group_size: 4\ntrain:\n  mini_batch_size: 8\n  micro_batch_size: 8\n" \
+            "  blocked_logits: always\n  packing: true\n  processes: {P}\n"
+    cfgs = []
+    for p in (1, 2):
+        path = tmp_path / f"m{p}.yaml"
+        path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + shape.format(P=p))
+        cfgs.append(load_config(path))
+    with one_thread():
+        _policy_period(cfgs[0], one)
+    _policy_period(cfgs[1], two)
+    w1, w2 = _weights(one), _weights(two)
+    assert max(float((w1[n] - w2[n]).abs().max()) for n in w1) < 1e-5
+
+
 def test_fsdp_without_processes_is_a_one_line_config_error(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + "train:\n  fsdp: true\n")
