@@ -394,16 +394,13 @@ def verify_shard(cfg: SparkConfig, run_dir: Path, k: int, phase: str, i: int) ->
         source = samples_path(run_dir, k, phase)
         tasks, groups = read_samples(source)
         a, b = shard_range(len(tasks), n, i)
-        start = time.monotonic()
         verdicts = verdicts_of(tasks[a:b], groups[a:b])
-        seconds = time.monotonic() - start
         out = verdicts_path(run_dir, k, phase, i, n)
         table = pa.Table.from_pylist([dict(correct=v.correct, extracted=v.extracted, rule=v.rule, error=v.error)
                                       for v in verdicts], schema=_VERDICT_SCHEMA)
         atomic_write_parquet(table, out, staging_dir(run_dir))
         return dict(outputs={"verdicts": out}, rows={"verdicts": len(verdicts)}, inputs={"samples": str(source)},
-                    shard=i, shards=n, prompts=[a, b], host=socket.gethostname(), pid=os.getpid(),
-                    verify_seconds=seconds)
+                    shard=i, shards=n, prompts=[a, b], host=socket.gethostname(), pid=os.getpid())
 
     return _run_stage(cfg, run_dir, verify_shard_stage(phase, i, n), k, iteration_hash(cfg), body)
 
@@ -864,14 +861,10 @@ def placement(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
     out: dict = {"runner": cfg.runner, "rollout_shards": cfg.rollout.shards, "train_processes": cfg.train.processes}
     if cfg.rollout.shards > 1:
         for phase in ("policy", "reward"):
-            docs = [read_manifest(run_dir, shard_stage(phase, i, cfg.rollout.shards), k)
-                    for i in range(cfg.rollout.shards)]
-            out[f"rollout_{phase}_shards"] = [{"host": d.get("host"), "pid": d.get("pid"), "seconds": d.get("seconds"),
-                                               "prompts": d.get("prompts")} for d in docs if d]
-            docs = [read_manifest(run_dir, verify_shard_stage(phase, i, cfg.rollout.shards), k)
-                    for i in range(cfg.rollout.shards)]
-            out[f"verify_{phase}_shards"] = [{"host": d.get("host"), "pid": d.get("pid"), "seconds": d.get("seconds"),
-                                              "prompts": d.get("prompts")} for d in docs if d]
+            for stage, name in (("rollout", shard_stage), ("verify", verify_shard_stage)):
+                docs = [read_manifest(run_dir, name(phase, i, cfg.rollout.shards), k) for i in range(cfg.rollout.shards)]
+                out[f"{stage}_{phase}_shards"] = [{"host": d.get("host"), "pid": d.get("pid"), "seconds": d.get("seconds"),
+                                                   "prompts": d.get("prompts")} for d in docs if d]
     return out
 
 

@@ -91,14 +91,16 @@ def score(
     `verdicts`: already computed (sharded verify), one per sample in sample order.
     """
     n = sum(len(g) for g in groups)
-    if verdicts is not None and len(verdicts) != n:
+    if verdicts is None:
+        verdicts = verdicts_of(tasks, groups, timeout_s)
+    elif len(verdicts) != n:
         raise ValueError(f"{len(verdicts)} verdicts for {n} samples: the verify shards and the samples disagree")
-    todo = iter(verdicts) if verdicts is not None else None
+    todo = iter(verdicts)
     rows, rewards, group_ids = [], [], []
     unjudged = 0
     for gi, (task, group) in enumerate(zip(tasks, groups)):
         for s in group:
-            v = next(todo) if todo is not None else verify_response(s.text, task.label, timeout_s=timeout_s)
+            v = next(todo)
             unjudged += v.correct is None
             reward = 1.0 if v.correct else 0.0
             rows.append(dict(

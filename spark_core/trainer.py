@@ -158,7 +158,7 @@ class Trainer:
         sums = {k: 0.0 for k in keys}
         finite = True
         rank, world = rank_world()
-        sharded = world > 1 and is_sharded(self.model)
+        sharded = self._sharded()
         if world > 1:  # the one-time checks are collectives there: every rank makes them here, even one
             self._use_blocks()  # without a micro-batch in this step
             self._use_packing()
@@ -180,7 +180,8 @@ class Trainer:
                 for k in sums:
                     sums[k] += metrics.get(k, 0.0) * weight
         if world > 1:
-            finite = self._all_reduce(sums, finite, grads=not sharded)  # FSDP has reduced the gradients
+            # FSDP has reduced the gradients already: only the metric sums are left to add up.
+            finite = self._reduce_stats(sums, finite, self.device) if sharded else self._all_reduce(sums, finite)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm) if finite else torch.tensor(float("nan"))
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP (already the norm over every shard)
             grad_norm = grad_norm.full_tensor()
@@ -203,15 +204,16 @@ class Trainer:
         self.step += 1
         return row
 
-    def _all_reduce(self, sums: dict, finite: bool, grads: bool = True) -> bool:
-        """Sum the gradients (`grads`) and the metric sums over the processes (each holds its
-        micro-batches' token-weighted share, weighted by the whole mini-batch's tokens, so the sum
-        is the one-process gradient); every process then takes the same step. False if any was
-        non-finite."""
+    def _sharded(self) -> bool:
+        """The policy is sharded over torchrun's processes (train.fsdp)."""
+        return rank_world()[1] > 1 and is_sharded(self.model)
+
+    def _all_reduce(self, sums: dict, finite: bool) -> bool:
+        """Sum the gradients and the metric sums over the processes (each holds its micro-batches'
+        token-weighted share, weighted by the whole mini-batch's tokens, so the sum is the
+        one-process gradient); every process then takes the same step. False if any was non-finite."""
         import torch.distributed as dist
 
-        if not grads:
-            return self._reduce_stats(sums, finite, torch.device(self.device))
         params = [p for p in self.model.parameters() if p.requires_grad]
         for p in params:
             if p.grad is None:
@@ -293,7 +295,7 @@ class Trainer:
         return token_logprobs(logits, tokens, self.s.temperature), token_entropy(logits, self.s.temperature)
 
     def _use_blocks(self) -> bool:
-        if self._blocked is None and rank_world()[1] > 1 and is_sharded(self.model):
+        if self._blocked is None and self._sharded():
             # The blocked path calls the decoder and the head directly, past the FSDP root's hook
             # that gathers the embeddings and head: under FSDP the logits come from model(...).
             if use_blocks(self.model, self.s.blocked_logits):
@@ -370,7 +372,7 @@ class Trainer:
         torch.save({"optimizer": opt, "scheduler": self.sched.state_dict(), "step": self.step}, path / TRAINER_STATE)
 
     def load_state(self, path: Path) -> None:
-        sharded = rank_world()[1] > 1 and is_sharded(self.model)
+        sharded = self._sharded()
         state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu" if sharded else self.device, weights_only=False)
         if sharded:
             load_optimizer_state(self.model, self.opt, state["optimizer"])
