@@ -30,6 +30,7 @@ from typing import Protocol, Sequence, Union
 import torch
 
 from spark_core.checkpoint import CheckpointError, load_checkpoint, load_tokenizer
+from spark_core.kv_cache import preallocated_cache
 from spark_core.models import end_token_ids
 
 log = logging.getLogger(__name__)
@@ -242,11 +243,16 @@ class HFEngine:
         # The batch shrinks as rows finish: `live` maps the rows still decoding (A of them) to
         # their place in the output. Finished rows would otherwise be decoded to the longest.
         live = torch.arange(B, device=self.device)  # (A,)
-        past = None
+        # Keys, values and the attention mask live in buffers of their final width, filled in
+        # place (spark_core/kv_cache.py): growing them by concatenation copied the whole cache
+        # at every step. `past` is None for a model with sliding-window layers (its own cache).
+        past = preallocated_cache(self.model, width + spec.max_new_tokens)
+        full_mask = torch.ones((B, width + spec.max_new_tokens), dtype=mask.dtype, device=self.device)  # (B, W + L)
+        full_mask[:, :width] = mask
         step_ids, step_pos = ids, positions
         for t in range(spec.max_new_tokens):
             out = self.model(
-                input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
+                input_ids=step_ids, attention_mask=full_mask[:, : width + t], position_ids=step_pos,
                 use_cache=True, logits_to_keep=1, **{_CACHE_ARG: past},
             )
             past = getattr(out, _CACHE_ARG)
@@ -260,11 +266,10 @@ class HFEngine:
                 break
             step_ids = tok[:, None]  # (A, 1)
             step_pos = step_pos[:, -1:] + 1  # (A, 1)
-            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=self.device)], dim=1)
             if hit.any():
                 keep = (~hit).nonzero().squeeze(-1)  # (A',)
                 past.batch_select_indices(keep)
-                live, step_ids, step_pos, mask = live[keep], step_ids[keep], step_pos[keep], mask[keep]
+                live, step_ids, step_pos, full_mask = live[keep], step_ids[keep], step_pos[keep], full_mask[keep]
         toks, lps = out_tokens.tolist(), out_logps.tolist()
         lens, stop = lengths.tolist(), stopped.tolist()
         return [toks[r][: lens[r]] for r in range(B)], [lps[r][: lens[r]] for r in range(B)], stop

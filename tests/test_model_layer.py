@@ -77,6 +77,49 @@ def test_logprobs_equal_a_fresh_forward_pass(ckpt, temperature):
     assert worst < 1e-4
 
 
+def test_preallocated_cache_samples_what_the_growing_cache_samples(ckpt, monkeypatch):
+    """The in-place KV cache (spark_core/kv_cache.py) changes where keys and values live, not
+    their values: the same seed gives the same tokens and bit-equal log-probs as transformers'
+    DynamicCache, with left padding and rows dropped as they finish."""
+    import spark_core.rollout as rollout
+    from spark_core.kv_cache import PreallocatedLayer
+
+    model, tok = load_checkpoint(ckpt)
+    eng = HFEngine(model, tok)
+    prompts = ["1+1", "a much longer prompt 12+34-5", "9", "88-7"]
+    spec = SamplingSpec(group_size=4, max_new_tokens=24, temperature=1.0, seed=3)
+    used = []
+    real = rollout.preallocated_cache
+
+    def spy(m, capacity):
+        cache = real(m, capacity)
+        used.append(cache)
+        return cache
+
+    monkeypatch.setattr(rollout, "preallocated_cache", spy)
+    new = eng.generate(prompts, spec)
+    assert used and all(isinstance(layer, PreallocatedLayer) for layer in used[0].layers)
+    monkeypatch.setattr(rollout, "preallocated_cache", lambda m, capacity: None)  # the model's own DynamicCache
+    old = eng.generate(prompts, spec)
+    pairs = [(a, b) for x, y in zip(new, old) for a, b in zip(x, y)]
+    assert len({len(a.token_ids) for a, _ in pairs}) > 1  # rows finished at different steps
+    assert all(a.token_ids == b.token_ids and a.logprobs == b.logprobs for a, b in pairs)
+
+
+def test_preallocated_cache_only_for_full_attention():
+    from transformers import LlamaConfig, Qwen2Config
+
+    from spark_core.kv_cache import preallocated_cache
+
+    class M:
+        def __init__(self, config):
+            self.config = config
+
+    assert preallocated_cache(M(LlamaConfig(num_hidden_layers=2)), 8) is not None
+    sliding = Qwen2Config(use_sliding_window=True, sliding_window=8, num_hidden_layers=2, max_window_layers=0)
+    assert preallocated_cache(M(sliding), 8) is None  # a window is not a prefix: the model's own cache
+
+
 def test_finish_reasons_for_eos_and_length(ckpt):
     model, tok = load_checkpoint(ckpt)
     eng = HFEngine(model, tok)
