@@ -80,7 +80,7 @@ def test_gathered_stats_rejects_bad_temperature_and_handles_empty(qwen_shaped):
 
 
 def test_trainer_blocked_equals_full_logits(qwen_shaped):
-    """One GRPO optimizer step with blocked log-probs gives the weights the full-logits path gives."""
+    """One GRPO optimizer step with blocked log-probs is fed the gradients the full-logits path gives."""
     g = torch.Generator().manual_seed(3)
     batch = [Sequence_(torch.randint(0, VOCAB, (7,), generator=g).tolist(), torch.randint(0, VOCAB, (5,), generator=g).tolist(),
                        [-11.0] * 5, float(a)) for a in (1.0, -1.0, 0.5, -0.5)]
@@ -89,12 +89,24 @@ def test_trainer_blocked_equals_full_logits(qwen_shaped):
         model = copy.deepcopy(qwen_shaped)
         t = Trainer(model, copy.deepcopy(qwen_shaped), TrainSettings(lr=1e-3, mini_batch_size=4, micro_batch_size=2,
                                                                       blocked_logits=mode), pad_id=0, device=torch.device("cpu"))
+        grads, step = [], t.opt.step
+
+        def spy(*args, **kwargs):
+            grads.append([p.grad.detach().clone() for p in model.parameters()])
+            return step(*args, **kwargs)
+
+        t.opt.step = spy
         row = t.train_period(batch, "policy")[0]
-        assert t._use_blocks() == (mode == "always")
-        out.append((row, torch.cat([p.detach().flatten() for p in model.parameters()])))
-    (ra, wa), (rb, wb) = out
+        assert t._use_blocks() == (mode == "always") and len(grads) == 1
+        out.append((row, grads[0]))
+    (ra, ga), (rb, gb) = out
     assert abs(ra["loss"] - rb["loss"]) < 1e-5 and abs(ra["kl"] - rb["kl"]) < 1e-6
-    assert torch.allclose(wa, wb, atol=1e-6)
+    # The gradients, not the stepped weights: AdamW's first step is lr * g / (|g| + eps), so an
+    # entry whose gradient is float32 noise (~1e-9) moves by up to lr either way and the weights
+    # differ by 2e-3 on a machine that sums in another order (CI's did), though both paths agree.
+    for (name, _), grad_a, grad_b in zip(model.named_parameters(), ga, gb):
+        scale = grad_a.abs().max().item()
+        assert (grad_a - grad_b).abs().max().item() <= 1e-4 * scale + 1e-7, name
 
 
 def test_auto_keeps_small_vocabularies_on_full_logits():
