@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--arm", action="append", help="repeat; default base, grpo_policy, spark_safeguarded, spark_expected")
     ap.add_argument("--root", type=Path, default=ROOT / "data" / "experiments" / "real-gpu", help="the arms' run folders")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "experiment-real")
+    ap.add_argument("--merge", nargs="+", type=Path, metavar="SRC",
+                    help="only fold the results tables of SRC folders into --out's (same arm and seed: SRC wins)")
     ap.add_argument("--join", nargs=3, metavar=("PIECES", "NAME", "DEST"), help="only join and check a model's pieces")
     a = ap.parse_args(argv)
     if a.join:
@@ -81,6 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, KeyError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+        return 0
+    if a.merge:
+        from spark_core.experiment import merge_results
+
+        try:
+            rows = merge_results(a.out, a.merge, f"merged {', '.join(map(str, a.merge))} with research/real_experiment.py --merge")
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{a.out}: {len(rows)} rows")
         return 0
     run(a.config, a.iterations, a.seed or [0], a.arm or ["base", "grpo_policy", "spark_safeguarded", "spark_expected"],
         a.root, a.out)

@@ -159,6 +159,35 @@ def write_results(rows: list[dict], out_dir: Path, meta: dict) -> dict[str, Path
     return {"parquet": out_dir / "results.parquet", "markdown": out_dir / "results.md"}
 
 
+def merge_results(out_dir: Path, sources: list[Path], note: str) -> list[dict]:
+    """Fold the result rows of `sources` (folders with a results.parquet, e.g. one-thread streams
+    run side by side) into `out_dir`'s table: a (arm, seed) row from a source replaces the same
+    pair already there, later sources win; meta's seeds per arm recomputed, `note` appended to its
+    note. Rewrites results.parquet, results.md and meta.json; coevolution.png is left as it was
+    (it needs every run folder); meta's seconds add the sources'. Returns the merged rows, in (arm order, seed) order."""
+    import pyarrow.parquet as pq
+
+    out_dir = Path(out_dir)
+    meta = json.loads((out_dir / "meta.json").read_text())
+    merged = {(r["arm"], r["seed"]): r for r in pq.read_table(out_dir / "results.parquet").to_pylist()}
+    for src in sources:
+        path = Path(src) / "results.parquet"
+        if not path.is_file():
+            raise ValueError(f"{path}: no results table to merge")
+        merged |= {(r["arm"], r["seed"]): r for r in pq.read_table(path).to_pylist()}
+        src_meta = Path(src) / "meta.json"
+        if src_meta.is_file():  # wall time of runs made side by side: summed, as if one after another
+            meta["seconds"] = meta.get("seconds", 0.0) + json.loads(src_meta.read_text()).get("seconds", 0.0)
+    order = {a: i for i, a in enumerate(ARMS)}
+    rows = sorted(merged.values(), key=lambda r: (order.get(r["arm"], len(order)), r["seed"]))
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    meta |= {"arms": arms, "seeds": sorted({r["seed"] for r in rows}),
+             "seeds_per_arm": {a: sorted(r["seed"] for r in rows if r["arm"] == a) for a in arms},
+             "note": f"{meta.get('note', '')}; {note}".lstrip("; ")}
+    write_results(rows, out_dir, meta)
+    return rows
+
+
 def _mean_sd(values: list) -> str:
     xs = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not xs:

@@ -68,6 +68,37 @@ def test_gpu_experiment_joins_and_checks_pieces(tmp_path, monkeypatch):
     assert rx.main(["--join", str(tmp_path / "none"), "fake", str(tmp_path / "o.gguf")]) == 2
 
 
+def test_merge_results_folds_streams_into_one_table(tmp_path):
+    """Rows run in separate streams join the table: a same (arm, seed) row is replaced, new ones
+    added in arm order, seeds per arm and seconds updated; a source without a table exits 2."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from spark_core.experiment import RESULT_SCHEMA, write_results
+
+    def row(arm, seed, judge):
+        return {f.name: None for f in RESULT_SCHEMA} | {"arm": arm, "seed": seed, "iterations": 150, "optimizer_steps": 900, "judge_accuracy": judge,
+                "optimizer_steps_at_equal_steps": 900}
+
+    out, src = tmp_path / "out", tmp_path / "w1"
+    write_results([row("base", 0, 0.6), row("spark_weighted", 0, 0.5)], out,
+                  {"iterations": 150, "seeds_per_arm": {"base": [0], "spark_weighted": [0]}, "seconds": 10.0, "note": "first"})
+    write_results([row("spark_weighted", 1, 0.7), row("grpo_policy", 0, 0.4), row("base", 0, 0.61)], src,
+                  {"iterations": 150, "seconds": 5.0})
+    rx = _load("real_experiment")
+    assert rx.main(["--merge", str(src), "--out", str(out)]) == 0
+    rows = pq.read_table(out / "results.parquet").to_pylist()
+    assert [(r["arm"], r["seed"], r["judge_accuracy"]) for r in rows] == [
+        ("base", 0, 0.61), ("grpo_policy", 0, 0.4), ("spark_weighted", 0, 0.5), ("spark_weighted", 1, 0.7)]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["seeds_per_arm"] == {"base": [0], "grpo_policy": [0], "spark_weighted": [0, 1]}
+    assert meta["seconds"] == 15.0 and meta["note"].startswith("first; merged")
+    assert "| spark_weighted | 900 |" in (out / "results.md").read_text()
+    assert rx.main(["--merge", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert len(pq.read_table(out / "results.parquet")) == 4
+
+
 def test_gpu_experiment_driver_at_micro_scale(tmp_path):
     """The Prefect-free driver the GPU script runs, on the tiny model at micro scale on this CPU:
     every arm's row, results written, equal-step columns filled."""
