@@ -319,7 +319,7 @@ class SparkConfig(_Section):
     """A whole SPARK run."""
 
     seed: int = 0
-    """Seed for every random choice; the same config and seed give the same tables."""
+    """Seed for every random choice; the same config, seed and torch thread count give the same tables."""
     iterations: int = Field(1, ge=1)
     """Iterations one run of the `spark` flow adds after the last completed one."""
     problems: ProblemsConfig = ProblemsConfig()

@@ -115,3 +115,31 @@ def test_gpu_experiment_driver_at_micro_scale(tmp_path):
     table = pq.read_table(tmp_path / "out" / "results.parquet").to_pylist()
     assert len(table) == 3 and table[1]["optimizer_steps_at_equal_steps"] >= table[1]["optimizer_steps"]
     assert (tmp_path / "out" / "results.md").is_file() and (tmp_path / "out" / "coevolution.png").is_file()
+
+
+def test_compare_arms_welch_and_paired_by_hand(tmp_path):
+    """x = (0.5, 0.6, 0.7), y = (0.4, 0.4, 0.5): difference 0.1667; Welch t = 0.1667 / sqrt(0.01/3 +
+    0.003333/3) = 2.5; paired differences (0.1, 0.2, 0.2): mean 0.1667, sd 0.0577, t = 5.0.
+    A missing file or an arm with one seed is a one-line error."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mod = _load("compare_arms")
+    rows = [{"arm": "a", "seed": s, "judge_accuracy": v} for s, v in enumerate((0.5, 0.6, 0.7))]
+    rows += [{"arm": "b", "seed": s, "judge_accuracy": v} for s, v in enumerate((0.4, 0.4, 0.5))]
+    rows += [{"arm": "c", "seed": 0, "judge_accuracy": 0.3}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "r.parquet")
+    (r,) = mod.compare(tmp_path / "r.parquet", "a", "b", ["judge_accuracy"])
+    assert r["difference"] == pytest.approx(1 / 6)
+    assert r["welch_t"] == pytest.approx(2.5)
+    assert r["paired_t"] == pytest.approx(5.0)
+    assert 0 < r["paired_p"] < r["welch_p"] < 0.1
+    with pytest.raises(SystemExit, match="arm 'c' has 1 seed"):
+        mod.compare(tmp_path / "r.parquet", "a", "c", ["judge_accuracy"])
+    assert mod.main([str(tmp_path / "missing.parquet"), "a", "b"]) == 2
+    # a re-run of seed 0 as a fourth draw: Welch over (0.5, 0.6, 0.7, 0.6), the paired test unchanged
+    pq.write_table(pa.Table.from_pylist([{"arm": "a", "seed": 0, "judge_accuracy": 0.6}]), tmp_path / "x.parquet")
+    (r4,) = mod.compare(tmp_path / "r.parquet", "a", "b", ["judge_accuracy"], [tmp_path / "x.parquet"])
+    assert r4["n"] == 4 and r4["mean"] == pytest.approx(0.6) and r4["paired_t"] == pytest.approx(5.0)
+    # mean difference 0.6 - 0.4333 = 0.1667; se = sqrt(0.00667/4 + 0.00333/3) = 0.05270
+    assert r4["welch_t"] == pytest.approx((0.6 - 1.3 / 3) / (0.02 / 3 / 4 + 0.01 / 3 / 3) ** 0.5)
