@@ -14,6 +14,7 @@ seed share its problems and judge set). scipy comes with scikit-learn, an MLflow
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def compare(table: Path, arm: str, other: str, metrics: list[str], extra: list[P
         welch = stats.ttest_ind(x, y, equal_var=False)
         paired = stats.ttest_rel([by[arm][s][m] for s in shared], [by[other][s][m] for s in shared]) \
             if len(shared) >= 2 else None
-        out.append({"metric": m, "n": len(x), "mean": sum(x) / len(x), "other_mean": sum(y) / len(y),
-                    "difference": sum(x) / len(x) - sum(y) / len(y),
+        mx, my = statistics.mean(x), statistics.mean(y)
+        out.append({"metric": m, "n": len(x), "mean": mx, "other_mean": my, "difference": mx - my,
                     "welch_t": float(welch.statistic), "welch_p": float(welch.pvalue),
                     "paired_t": float(paired.statistic) if paired else None,
                     "paired_p": float(paired.pvalue) if paired else None})
