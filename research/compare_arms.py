@@ -8,7 +8,7 @@ thread count, say) to Welch's test only: the paired test keeps one row per seed 
 
 Three seeds give a t-test with two to four degrees of freedom: read the p-values as how far
 inside the noise a difference is, not as a verdict. Paired means seed by seed (the arms of one
-seed share its problems and judge set). scipy comes with scikit-learn, an MLflow dependency.
+seed share its problems and judge set). scipy is a dependency of MLflow, so it is installed.
 """
 
 from __future__ import annotations
