@@ -10,6 +10,7 @@ problems, recycles them into balanced judge and reflection prompts and runs one 
   arms share the start model, its KL anchor, the held-out judge set and the recycled data);
 - `weighted`: `spark.label_weighting: inv_sqrt_ema` (the option the tiny-model probe picked,
   docs/research/judge-rewards.md); `expected`: `spark.judge_reward: expected` (on request);
+  `format`: `spark.format_penalty: 0.5` (an out-of-format verdict scores below a wrong one);
 - `start`: the warm-up checkpoint itself, evaluated once (period 0).
 
 The judge is measured every `eval.every` periods on the held-out balanced set of the start
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,9 +34,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_core.config import SparkConfig, load_config
-from spark_core.store import read_table
+from spark_core.store import read_manifest, read_table
 
-OPTIONS = {"hard": {}, "weighted": {"label_weighting": "inv_sqrt_ema"}, "expected": {"judge_reward": "expected"}}
+OPTIONS = {"hard": {}, "weighted": {"label_weighting": "inv_sqrt_ema"}, "expected": {"judge_reward": "expected"},
+           "format": {"format_penalty": 0.5}}
 SHOWN = ("judge_accuracy", "judge_parse_rate", "judge_accuracy_parsed", "judge_auroc", "pointwise_accuracy",
          "pairwise_accuracy", "reflection_accuracy", "verdict_share_yes", "verdict_share_a_pairwise")
 
@@ -77,13 +80,17 @@ def arm_rows(arm: str, run_dir: Path) -> list[dict]:
     out = []
     for k in sorted({r["iteration"] for r in evals}):
         m = {r["metric"]: r["value"] for r in evals if r["iteration"] == k}
+        # The reward period's own verdicts (training rollouts), worst of the periods up to k.
+        trained = [read_manifest(run_dir, "iteration", i)["metrics"].get("reward/verdict_parse_rate") for i in range(k + 1)]
+        trained = [v for v in trained if v is not None]
         out.append({"arm": arm, "period": k + 1, "optimizer_steps": sum(u["iteration"] <= k for u in updates)}
-                   | {key: m.get(key) for key in SHOWN})
+                   | {key: m.get(key) for key in SHOWN}
+                   | {"rollout_parse_rate_min": min(trained) if trained else None})
     return out
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    head = ["arm", "period", "optimizer_steps", *SHOWN]
+    head = ["arm", "period", "optimizer_steps", *SHOWN, "rollout_parse_rate_min"]
     fmt = lambda v: "" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
     lines = ["# Reward periods on Qwen2.5-Coder-0.5B-Instruct's own answers", "",
              f"Command: `{meta['command']}`; {meta['machine']}; {meta['date']}.", "",
@@ -104,7 +111,7 @@ def main() -> None:
     ap.add_argument("--machine", default="2-core AMD EPYC (AVX2), 24 GiB, float32, 2 threads")
     args = ap.parse_args()
     from spark_core.experiment import run_base
-    from spark_core.iteration import judge_set_stage, warmup_dir
+    from spark_core.iteration import judge_set_stage, start_model
     from spark_core.runlock import run_lock
 
     root, out = Path(args.root), Path(args.out)
@@ -112,20 +119,20 @@ def main() -> None:
     arms = ["hard"] + [a for a in (args.arm or ["weighted"]) if a != "hard"]
     seconds, rows = {}, []
     seconds["hard"] = run_arm(first, root / "hard", args.periods)
-    warm = warmup_dir(root / "hard") if first.warmup.enabled else None
+    warm = start_model(first, root / "hard") if first.warmup.enabled else None
     start_cfg = arm_config(first, "hard", warm)
     t0 = time.monotonic()
     with run_lock(root / "start"):
         m = run_base(start_cfg, root / "start")
     seconds["start"] = time.monotonic() - t0
-    rows.append({"arm": "start", "period": 0, "optimizer_steps": 0} | {k: m.get(k) for k in SHOWN})
+    rows.append({"arm": "start", "period": 0, "optimizer_steps": 0} | {k: m.get(k) for k in SHOWN}
+                | {"rollout_parse_rate_min": None})
     for arm in arms[1:]:
         seconds[arm] = run_arm(arm_config(first, arm, warm), root / arm, args.periods)
     for arm in arms:
         rows += arm_rows(arm, root / arm)
     digests = {a: judge_set_digest(root / a) for a in ["start", *arms]}
-    meta = {"command": f"python research/real_reward_periods.py --periods {args.periods}"
-                       + "".join(f" --arm {a}" for a in arms[1:]),
+    meta = {"command": "python research/real_reward_periods.py " + " ".join(sys.argv[1:]),
             "machine": args.machine, "date": time.strftime("%Y-%m-%d"),
             "judge_items": len(judge_set_stage(start_cfg, root / "start")), "judge_set_digest": digests["start"],
             "same_judge_set": len(set(digests.values())) == 1, "seconds": {k: round(v) for k, v in seconds.items()}}

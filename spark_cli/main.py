@@ -40,6 +40,9 @@ def _os_error(e: OSError) -> str:
 @app.callback()
 def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from spark_core.progress import show_on_stderr
+
+    show_on_stderr()  # stage starts and ends, to stderr: stdout stays the command's data
 
 
 @app.command(rich_help_panel="Running")

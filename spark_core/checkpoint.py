@@ -93,10 +93,16 @@ def save_checkpoint(model, tokenizer, path: Path) -> None:
 
 
 def check_model_dir(path: str | Path) -> Path:
-    """The directory if it looks like a Hugging Face causal-LM checkpoint, else CheckpointError."""
+    """The directory if it looks like a Hugging Face causal-LM checkpoint (or LoRA adapters on
+    one, spark_core/lora.py), else CheckpointError."""
+    from spark_core.lora import adapter_base, is_adapter_dir
+
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"{path}: no such model directory")
+    if is_adapter_dir(path):
+        adapter_base(path)  # one-line CheckpointError when the base is gone
+        return path
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a Hugging Face model directory (no config.json)")
     return path
@@ -121,10 +127,15 @@ def load_tokenizer(path: str | Path):
 
 @timed("model load/save")
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) from a directory, model in eval mode on `device`."""
+    """(model, tokenizer) from a directory, model in eval mode on `device`; a LoRA checkpoint
+    loads as its base with the adapters merged in (spark_core/lora.py)."""
     from transformers import AutoModelForCausalLM
 
+    from spark_core import lora
+
     tok = load_tokenizer(path)
+    if lora.is_adapter_dir(path):
+        return lora.merged(path, device, dtype), tok
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as e:

@@ -167,6 +167,25 @@ class RayConfig(_Section):
     """GPUs each shard reserves (`remote_options(num_gpus=...)`); 0 on a CPU cluster."""
 
 
+class LoraConfig(_Section):
+    """Low-rank adapters (peft) instead of full fine-tuning (spark_core/lora.py)."""
+
+    rank: int = Field(8, ge=1)
+    """r: rank of each adapter's two factors."""
+    alpha: float = Field(16.0, gt=0)
+    """Adapter scale numerator: the update is (alpha / rank) * B A."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapters' input while training (0 keeps a period deterministic given its seed)."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Linear layers (by name) that get adapters; the default is every projection of a Llama/Qwen block."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "LoraConfig":
+        if not self.target_modules:
+            raise ValueError("target_modules must name at least one linear layer")
+        return self
+
+
 class TrainConfig(_Section):
     """GRPO optimisation (spark_core/grpo.py, spark_core/trainer.py)."""
 
@@ -207,10 +226,18 @@ class TrainConfig(_Section):
     fsdp: bool = False
     """With processes > 1: shard parameters, gradients and optimizer state over the processes (FSDP2, one unit per decoder layer) instead of a full copy in each; checkpoints keep the one-process format."""
 
+    lora: LoraConfig | None = None
+    """Train LoRA adapters on the start model instead of every weight (None: full fine-tuning). The
+    KL reference is the same model with its adapters off; checkpoints hold the adapters and their
+    optimizer state, resolved against the start model."""
+
     @model_validator(mode="after")
     def _check_fsdp(self) -> "TrainConfig":
         if self.fsdp and self.processes < 2:
             raise ValueError("train.fsdp shards over the processes: set train.processes to 2 or more")
+        if self.lora is not None and self.processes > 1:
+            raise ValueError("train.lora trains in one process (the adapters are a few MB: torchrun and FSDP "
+                             "buy nothing there); set train.processes to 1 or remove train.lora")
         return self
 
 
@@ -285,6 +312,9 @@ class SparkMethodConfig(_Section):
     judge_reward: Literal["hard", "expected"] = "hard"
     """Judge samples' reward: the verifier's 0/1 (`hard`) or, for the tokens before the verdict, the
     model's probability of the right verdict after its own trace (`expected`; spark_core/judge_reward.py)."""
+    format_penalty: float = Field(0.0, ge=0)
+    """p: a response out of the answer format (no `\\boxed{}` answer; a verdict that is not a boxed
+    Yes/No or A/B) scores -p, below a wrong answer in format (0), in both periods; 0: off (it scores 0)."""
 
 
 class EvalConfig(_Section):
@@ -359,8 +389,8 @@ class SparkConfig(_Section):
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
 _LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": None, "ray": None,
-                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes", "fsdp"),
-                "spark": ("label_weighting", "label_ema_decay", "judge_reward")}
+                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes", "fsdp", "lora"),
+                "spark": ("label_weighting", "label_ema_decay", "judge_reward", "format_penalty")}
 
 
 def stable_resolved(cfg: "SparkConfig") -> dict:

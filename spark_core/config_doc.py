@@ -61,11 +61,22 @@ def _cell(text: str | None) -> str:
     return " ".join((text or "").split()).replace("|", "\\|")
 
 
+def _optional_section(annotation) -> type[BaseModel] | None:
+    """The section type of an `X | None` field whose X is a section (off when null), else None."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+            return args[0]
+    return None
+
+
 def _sections(model: type[BaseModel], path: str) -> list[tuple[str, type[BaseModel]]]:
     out = [(path, model)]
     for name, field in model.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            out += _sections(field.annotation, f"{path}.{name}" if path else name)
+        sub = field.annotation if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel) \
+            else _optional_section(field.annotation)
+        if sub is not None:
+            out += _sections(sub, f"{path}.{name}" if path else name)
     return out
 
 
@@ -81,6 +92,10 @@ def reference() -> str:
             if sub:
                 key = f"{path}.{name}" if path else name
                 rows.append(f"| `{name}` | section | | {_cell(field.description)} (see `{key}`) |")
+            elif _optional_section(field.annotation) is not None:
+                key = f"{path}.{name}" if path else name
+                rows.append(f"| `{name}` | section or null | {_default(field.default)} | {_cell(field.description)} "
+                            f"(see `{key}`) |")
             else:
                 rows.append(f"| `{name}` | {_type(field.annotation)}{_bounds(field.metadata)} | {_default(field.default)} "
                             f"| {_cell(field.description)} |")

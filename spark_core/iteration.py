@@ -27,7 +27,6 @@ The Prefect tasks in tasks/ call these functions one to one; nothing here import
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -59,10 +58,12 @@ from spark_core.periods import (
 from spark_core.problems import Problem
 from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_cache
 from spark_core.records import InputError
-from spark_core import judge_reward, warmup
+from spark_core import judge_reward, lora, progress, shared_warmup, warmup
+from spark_core.runlock import file_lock
 from spark_core.rollout import Sample, SamplingSpec, encode_prompts, make_engine, pick_device
 from spark_core.store import (
-    atomic_write_bytes, atomic_write_parquet, checkpoint_problem, clean_staging, part_path, read_manifest, read_table, stage_complete,
+    atomic_write_bytes, atomic_write_parquet, checkpoint_problem, clean_staging, manifest_path, part_path, read_manifest,
+    read_table, stage_complete,
     staging_dir, write_error, write_manifest, write_table,
 )
 from spark_core.trainer import TRAINER_STATE, Trainer, TrainSettings, settings_from_config
@@ -162,7 +163,8 @@ def open_engine(cfg: SparkConfig, checkpoint: Path, seed: int) -> Iterator:
 
 
 def warmup_dir(run_dir: Path) -> Path:
-    """The format warm-up's checkpoint (kept for the whole run: RL starts from it and its KL anchor is it)."""
+    """Where a run made before warm-ups were shared keeps its format warm-up checkpoint (newer runs
+    name the shared one in their warmup manifest; `start_model` finds either)."""
     return Path(run_dir) / "checkpoints" / "warmup"
 
 
@@ -170,8 +172,10 @@ def start_model(cfg: SparkConfig, run_dir: Path) -> Path:
     """The model RL starts from and is anchored to (KL reference, judge-set and ablation rollouts):
     the warm-up checkpoint when the warm-up is on, else the configured base model."""
     if cfg.warmup.enabled:
-        path = warmup_dir(run_dir)
-        if not path.is_dir():
+        doc = read_manifest(run_dir, "warmup", 0)
+        # The shared warm-up the manifest names; a run made before warm-ups were shared has its own.
+        path = Path(doc["shared"]) if doc and doc.get("shared") else warmup_dir(run_dir)
+        if doc is None or not path.is_dir():
             raise FileNotFoundError(f"{path}: the warm-up checkpoint is missing; the warmup stage must run first "
                                     f"(delete {Path(run_dir) / 'manifests'} for iteration 0 to redo it)")
         return path
@@ -207,14 +211,14 @@ def _run_stage(cfg: SparkConfig, run_dir: Path, stage: str, k: int, key: str, bo
     manifest's fields), hit the fault hook, write the manifest."""
     run_dir = Path(run_dir)
     if stage_complete(run_dir, stage, k, key):
-        log.info("iteration %d %s: complete, skipped", k, stage)
+        progress.log.info("iteration %d %s: complete, skipped", k, stage)
         return read_manifest(run_dir, stage, k)
     start = time.monotonic()
-    doc = timed("stage")(body)()
+    with progress.stage(f"iteration {k} {stage}"):
+        doc = timed("stage")(body)()
     _fault(stage)
     write_manifest(run_dir, stage, k, key, outputs=doc.pop("outputs", {}), rows=doc.pop("rows", {}),
                    inputs=doc.pop("inputs", {}), seconds=time.monotonic() - start, extra=doc)
-    log.info("iteration %d %s: done in %.1fs", k, stage, time.monotonic() - start)
     return read_manifest(run_dir, stage, k)
 
 
@@ -430,7 +434,8 @@ def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
     def body() -> dict:
         tasks, groups = read_samples(samples_path(run_dir, k, phase))
         verdicts = _shard_verdicts(cfg, run_dir, k, phase) if shards > 1 else None
-        rows, group_ids, unjudged = score(tasks, groups, phase, cfg.train.advantage, run=run_dir.name, verdicts=verdicts)
+        rows, group_ids, unjudged = score(tasks, groups, phase, cfg.train.advantage, run=run_dir.name, verdicts=verdicts,
+                                         format_penalty=cfg.spark.format_penalty)
         extra: dict = {}
         metrics: dict = {}
         if phase == "reward":
@@ -583,8 +588,13 @@ def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tupl
     source = _start_model(cfg, run_dir, k, phase)
     batch, lr_scale, overrides = plan or _period_batch(cfg, run_dir, k, phase)
     torch.manual_seed(cfg.seed * 1000 + 2 * k + (phase == "reward"))
-    model, tok = load_checkpoint(source)
-    ref, _ = load_checkpoint(start_model(cfg, run_dir))  # the KL anchor is the start model throughout the run
+    if cfg.train.lora is not None:
+        # Adapters on the start model; the KL anchor is the same model with them off.
+        model, tok = lora.load_trainable(source) if lora.is_adapter_dir(source) else _fresh_adapters(cfg, source)
+        ref = None
+    else:
+        model, tok = load_checkpoint(source)
+        ref, _ = load_checkpoint(start_model(cfg, run_dir))  # the KL anchor is the start model throughout the run
     r = cfg.rollout
     device = pick_device(r.device)
     rank, world = rank_world()
@@ -612,7 +622,9 @@ def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tupl
     opt_state = full_optimizer_state(model, trainer.opt) if sharded else None
 
     def save(tmp: Path) -> None:
-        if sharded:
+        if trainer.lora:
+            lora.save_adapter(model, tok, tmp, start_model(cfg, run_dir))
+        elif sharded:
             plain, _ = load_checkpoint(source)
             plain.load_state_dict(weights)
             save_checkpoint(plain, tok, tmp)
@@ -623,6 +635,15 @@ def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tupl
     if rank == 0:
         _replace_dir(checkpoint_dir(run_dir, k, phase), save)
     return updates
+
+
+def _fresh_adapters(cfg: SparkConfig, source: Path):
+    """(the start model with new LoRA adapters, tokenizer): the first period of a LoRA run. An
+    adapter checkpoint of another run as the start model is refused (adapters do not stack)."""
+    if lora.is_adapter_dir(source):
+        raise CheckpointError(f"{source}: LoRA adapters cannot start a LoRA run; merge them first or start from their base")
+    model, tok = load_checkpoint(source)
+    return lora.attach(model, cfg.train.lora), tok
 
 
 def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list[dict], list[int]]:
@@ -659,69 +680,101 @@ def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) ->
 
 
 def warmup_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
-    """Stage `warmup` (iteration 0, when `warmup.enabled`): the format warm-up of spark_core/warmup.py
-    from the base model into `RUN/checkpoints/warmup/`, with the parse rates before and after in its
-    manifest and the examples in `RUN/warmup/examples.parquet`. None when it does not apply."""
+    """Stage `warmup` (iteration 0, when `warmup.enabled`): the format warm-up of spark_core/warmup.py,
+    shared by every run that asks for the same one (spark_core/shared_warmup.py): found by its key
+    and reused, or made once under its lock. The manifest names the shared checkpoint (`shared`),
+    its key, whether this run reused it, and the parse rates before and after; the examples are
+    copied to `RUN/warmup/examples.parquet`. None when it does not apply."""
     if k != 0 or not cfg.warmup.enabled:
         return None
     run_dir = Path(run_dir)
+    doc = read_manifest(run_dir, "warmup", 0)
+    if doc and doc.get("shared") and not shared_warmup.is_complete(Path(doc["shared"])):
+        log.warning("%s: the shared warm-up this run used is gone or damaged; the warmup stage is redone", doc["shared"])
+        manifest_path(run_dir, "warmup", 0).unlink()
 
     def body() -> dict:
-        w, r, sp = cfg.warmup, cfg.rollout, cfg.spark
         base = check_model_dir(base_model(cfg))
-        tasks = solve_tasks(warmup.warmup_problems(problems_of(run_dir, "train"), w.problems, cfg.seed), cfg.prompts.solve)
-        seed = cfg.seed * 1000 + 900
-        solve_spec = SamplingSpec(w.samples, r.temperature, r.top_p, r.max_new_tokens, seed=seed)
-        with open_engine(cfg, base, seed) as engine:
-            groups = engine.generate([t.prompt for t in tasks], solve_spec)
-            jtasks = warmup.recycled_judge_tasks(tasks, groups, w.judge_prompts, cfg.seed, sp.template_set, sp.judge_input)
-            judge_spec = SamplingSpec(w.samples, sp.reward_temperature, r.top_p, r.judge_max_new_tokens, seed=seed + 1)
-            jgroups = engine.generate([t.prompt for t in jtasks], judge_spec) if jtasks else []
-        before = warmup.parse_rates(tasks + jtasks, groups + jgroups)
-        rng = random.Random(f"{cfg.seed}|warmup-examples")
-        refl = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind == "reflection"]
-        judg = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind != "reflection"]
-        examples = (warmup.solve_examples(tasks, groups, rng)
-                    + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng)
-                    + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng))
-        if not examples:
-            raise ValueError("warm-up: no sampled response was usable (none correct and finished, no readable "
-                             "verdict); raise warmup.samples or rollout.max_new_tokens, or choose another prompts.solve")
-        torch.manual_seed(seed)
-        model, tok = load_checkpoint(base)
-        stops = Counter(s.token_ids[-1] for g in groups + jgroups for s in g if s.finish_reason == "stop" and s.token_ids)
-        eos_id = stops.most_common(1)[0][0] if stops else tok.eos_token_id  # the end token the model itself uses
-        seqs = warmup.training_sequences(examples, lambda ps: encode_prompts(tok, ps, cfg.prompts.system), tok, eos_id)
-        settings = TrainSettings(lr=w.lr, mini_batch_size=w.batch_size, micro_batch_size=min(w.batch_size, cfg.train.micro_batch_size),
-                                 beta=0.0, blocked_logits=cfg.train.blocked_logits,
-                                 gradient_checkpointing=cfg.train.gradient_checkpointing, bf16_autocast=cfg.train.bf16_autocast)
-        trainer = Trainer(model, None, settings, tok.pad_token_id, pick_device(r.device))
-        updates: list[dict] = []
-        for epoch in range(w.epochs):
-            order = list(range(len(seqs)))
-            random.Random(f"{cfg.seed}|warmup-epoch|{epoch}").shuffle(order)
-            updates += trainer.sft_period([seqs[i] for i in order])
-        out = warmup_dir(run_dir)
-        _replace_dir(out, functools.partial(save_checkpoint, model.cpu(), tok))
-        del model, trainer  # free the weights and optimizer state before the check loads the checkpoint
-        check_spec = SamplingSpec(w.check_samples, r.temperature, r.top_p, r.max_new_tokens, seed=seed + 2)
-        with open_engine(cfg, out, seed + 2) as engine:
-            after_groups = engine.generate([t.prompt for t in tasks], check_spec)
-            after_jgroups = engine.generate([t.prompt for t in jtasks], replace(check_spec, seed=seed + 3,
-                                            temperature=sp.reward_temperature, max_new_tokens=r.judge_max_new_tokens)) if jtasks else []
-        after = warmup.parse_rates(tasks + jtasks, after_groups + after_jgroups)
+        key = shared_warmup.warmup_key(cfg, base)
+        root = shared_warmup.warmups_root(base, run_dir)
+        shared = root / key
+        root.mkdir(parents=True, exist_ok=True)
+        with file_lock(root / f"{key}.lock", wait_s=6 * 3600, what=f"warm-up {shared}"):
+            reused = shared_warmup.is_complete(shared)
+            if reused:
+                log.info("warm-up: reusing %s (key %s)", shared, key)
+            else:
+                _make_warmup(cfg, run_dir, base, shared, key)
+        info = shared_warmup.read_info(shared)
         side = run_dir / "warmup" / "examples.parquet"
-        atomic_write_parquet(pa.Table.from_pylist([asdict(e) for e in examples]), side, staging_dir(run_dir))
-        metrics = {f"{m}_before": v for m, v in before.items()} | {f"{m}_after": v for m, v in after.items()}
-        metrics |= {f"examples_{kind}": n for kind, n in Counter(e.kind for e in examples).items()}
-        metrics["rewritten_share"] = sum(e.rewritten for e in examples) / len(examples)
-        losses = [u["loss"] for u in updates if not u["skipped"]]
-        metrics |= {"sft_steps": len(updates), "sft_loss_first": losses[0] if losses else None,
-                    "sft_loss_last": losses[-1] if losses else None}
-        return dict(outputs={"examples": side}, rows={"examples": len(examples)}, inputs={"checkpoint": str(base)},
-                    checkpoint=str(out), metrics={m: v for m, v in metrics.items() if v is not None})
+        atomic_write_bytes(side, (shared / shared_warmup.EXAMPLES).read_bytes(), run_dir)
+        return dict(outputs={"examples": side}, rows={"examples": info["examples"]}, inputs={"checkpoint": str(base)},
+                    shared=str(shared), warmup_key=key, reused=reused, made_seconds=info["seconds"],
+                    metrics=info["metrics"])
 
     return _run_stage(cfg, run_dir, "warmup", 0, iteration_hash(cfg), body)
+
+
+def _make_warmup(cfg: SparkConfig, run_dir: Path, base: Path, shared: Path, key: str) -> None:
+    """Make the warm-up of `cfg` from `base` into the shared folder `shared` (written beside, then
+    renamed whole): checkpoint, examples and `warmup.json` (metrics, seconds, key)."""
+    start = time.monotonic()
+    w, r, sp = cfg.warmup, cfg.rollout, cfg.spark
+    tasks = solve_tasks(warmup.warmup_problems(problems_of(run_dir, "train"), w.problems, cfg.seed), cfg.prompts.solve)
+    seed = cfg.seed * 1000 + 900
+    solve_spec = SamplingSpec(w.samples, r.temperature, r.top_p, r.max_new_tokens, seed=seed)
+    with open_engine(cfg, base, seed) as engine:
+        groups = engine.generate([t.prompt for t in tasks], solve_spec)
+        jtasks = warmup.recycled_judge_tasks(tasks, groups, w.judge_prompts, cfg.seed, sp.template_set, sp.judge_input)
+        judge_spec = SamplingSpec(w.samples, sp.reward_temperature, r.top_p, r.judge_max_new_tokens, seed=seed + 1)
+        jgroups = engine.generate([t.prompt for t in jtasks], judge_spec) if jtasks else []
+    before = warmup.parse_rates(tasks + jtasks, groups + jgroups)
+    rng = random.Random(f"{cfg.seed}|warmup-examples")
+    refl = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind == "reflection"]
+    judg = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind != "reflection"]
+    examples = (warmup.solve_examples(tasks, groups, rng)
+                + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng)
+                + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng))
+    if not examples:
+        raise ValueError("warm-up: no sampled response was usable (none correct and finished, no readable "
+                         "verdict); raise warmup.samples or rollout.max_new_tokens, or choose another prompts.solve")
+    torch.manual_seed(seed)
+    model, tok = load_checkpoint(base)
+    stops = Counter(s.token_ids[-1] for g in groups + jgroups for s in g if s.finish_reason == "stop" and s.token_ids)
+    eos_id = stops.most_common(1)[0][0] if stops else tok.eos_token_id  # the end token the model itself uses
+    seqs = warmup.training_sequences(examples, lambda ps: encode_prompts(tok, ps, cfg.prompts.system), tok, eos_id)
+    settings = TrainSettings(lr=w.lr, mini_batch_size=w.batch_size, micro_batch_size=min(w.batch_size, cfg.train.micro_batch_size),
+                             beta=0.0, blocked_logits=cfg.train.blocked_logits,
+                             gradient_checkpointing=cfg.train.gradient_checkpointing, bf16_autocast=cfg.train.bf16_autocast)
+    trainer = Trainer(model, None, settings, tok.pad_token_id, pick_device(r.device))
+    updates: list[dict] = []
+    for epoch in range(w.epochs):
+        order = list(range(len(seqs)))
+        random.Random(f"{cfg.seed}|warmup-epoch|{epoch}").shuffle(order)
+        updates += trainer.sft_period([seqs[i] for i in order], what=f"supervised epoch {epoch + 1}/{w.epochs}")
+    tmp = shared.with_name(shared.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model.cpu(), tok, tmp)
+    del model, trainer  # free the weights and optimizer state before the check loads the checkpoint
+    check_spec = SamplingSpec(w.check_samples, r.temperature, r.top_p, r.max_new_tokens, seed=seed + 2)
+    with open_engine(cfg, tmp, seed + 2) as engine:
+        after_groups = engine.generate([t.prompt for t in tasks], check_spec)
+        after_jgroups = engine.generate([t.prompt for t in jtasks], replace(check_spec, seed=seed + 3,
+                                        temperature=sp.reward_temperature, max_new_tokens=r.judge_max_new_tokens)) if jtasks else []
+    after = warmup.parse_rates(tasks + jtasks, after_groups + after_jgroups)
+    pq.write_table(pa.Table.from_pylist([asdict(e) for e in examples]), tmp / shared_warmup.EXAMPLES)
+    metrics = {f"{m}_before": v for m, v in before.items()} | {f"{m}_after": v for m, v in after.items()}
+    metrics |= {f"examples_{kind}": n for kind, n in Counter(e.kind for e in examples).items()}
+    metrics["rewritten_share"] = sum(e.rewritten for e in examples) / len(examples)
+    losses = [u["loss"] for u in updates if not u["skipped"]]
+    metrics |= {"sft_steps": len(updates), "sft_loss_first": losses[0] if losses else None,
+                "sft_loss_last": losses[-1] if losses else None}
+    info = {"key": key, "base": str(Path(base).resolve()), "made_by": str(Path(run_dir).resolve()),
+            "examples": len(examples), "seconds": time.monotonic() - start,
+            "metrics": {m: v for m, v in metrics.items() if v is not None}}
+    (tmp / shared_warmup.INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(shared, ignore_errors=True)  # a damaged earlier copy
+    tmp.rename(shared)
 
 
 def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
@@ -764,19 +817,20 @@ def judge_set_stage(cfg: SparkConfig, run_dir: Path) -> list[JudgeItem]:
     key = config_hash([iteration_hash(cfg), cfg.eval.judge_problems, cfg.eval.judge_samples])
     path = judge_set_path(run_dir)
     if not stage_complete(run_dir, "judge_set", None, key):
-        start = time.monotonic()
-        problems = problems_of(run_dir, "held_out")[: cfg.eval.judge_problems]
-        items: list[JudgeItem] = []
-        if problems:
-            with open_engine(cfg, start_model(cfg, run_dir), cfg.seed) as engine:
-                groups = sample_groups(engine, problems, cfg.eval.judge_samples, cfg.rollout.max_new_tokens, cfg.seed + 17,
-                                       cfg.prompts.solve)
-            items = build_judge_set(groups, cfg.seed, cfg.spark.template_set, cfg.spark.judge_input)
-        table = pa.Table.from_pylist([asdict(it) for it in items], schema=_JUDGE_ITEM_SCHEMA)
-        atomic_write_parquet(table, path, staging_dir(run_dir))
-        write_manifest(run_dir, "judge_set", None, key, outputs={"judge_set": path},
-                       rows=dict(Counter(it.kind for it in items)), inputs={"checkpoint": str(start_model(cfg, run_dir))},
-                       seconds=time.monotonic() - start)
+        with progress.stage("judge set"):
+            start = time.monotonic()
+            problems = problems_of(run_dir, "held_out")[: cfg.eval.judge_problems]
+            items: list[JudgeItem] = []
+            if problems:
+                with open_engine(cfg, start_model(cfg, run_dir), cfg.seed) as engine:
+                    groups = sample_groups(engine, problems, cfg.eval.judge_samples, cfg.rollout.max_new_tokens, cfg.seed + 17,
+                                           cfg.prompts.solve)
+                items = build_judge_set(groups, cfg.seed, cfg.spark.template_set, cfg.spark.judge_input)
+            table = pa.Table.from_pylist([asdict(it) for it in items], schema=_JUDGE_ITEM_SCHEMA)
+            atomic_write_parquet(table, path, staging_dir(run_dir))
+            write_manifest(run_dir, "judge_set", None, key, outputs={"judge_set": path},
+                           rows=dict(Counter(it.kind for it in items)), inputs={"checkpoint": str(start_model(cfg, run_dir))},
+                           seconds=time.monotonic() - start)
     return [JudgeItem(**row) for row in pq.read_table(path).to_pylist()]
 
 

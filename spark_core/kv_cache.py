@@ -65,7 +65,12 @@ if DynamicLayer is not None:
             raise NotImplementedError("the pre-allocated cache is for sampling, which never crops")
 
         def batch_repeat_interleave(self, repeats: int) -> None:
-            raise NotImplementedError("the pre-allocated cache is for sampling, which never repeats rows")
+            """Each row `repeats` times in a row (a prompt prefilled once for its G samples)."""
+            if not self.is_initialized:
+                return
+            self._k = self._k.repeat_interleave(repeats, dim=0)
+            self._v = self._v.repeat_interleave(repeats, dim=0)
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
 
         def batch_select_indices(self, indices: torch.Tensor) -> None:
             """Keep rows `indices` (A',): only the filled positions are copied into the new buffer."""

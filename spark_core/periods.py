@@ -79,16 +79,39 @@ def verdicts_of(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]],
     return [verify_response(s.text, task.label, timeout_s=timeout_s) for task, group in zip(tasks, groups) for s in group]
 
 
+JUDGE_KINDS = ("pointwise", "pairwise")
+
+
+def in_format(kind: str, rule: str | None, extracted: str | None, label: str) -> bool:
+    """Whether a response is in the answer format: its answer in the `\\boxed{}` the verifier
+    reads first (solve, reflection), or a boxed verdict that is one of the prompt's two options
+    (pointwise, pairwise). The `boxed_share` and `verdict_parse_rate` monitors count the same."""
+    if rule != "boxed":
+        return False
+    if kind in JUDGE_KINDS:
+        return normalize_label(extracted or "") in {o.casefold() for o in verdict_options(label)}
+    return True
+
+
+def reward_of(correct: bool | None, in_fmt: bool, format_penalty: float = 0.0) -> float:
+    """1 for a verified-correct response, 0 otherwise; with a format penalty p > 0, -p for a
+    response out of format, right or wrong (so it scores below a wrong answer in format)."""
+    if format_penalty > 0 and not in_fmt:
+        return -format_penalty
+    return 1.0 if correct else 0.0
+
+
 def score(
     tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], phase: str, advantage: str = "grpo", run: str = "",
-    timeout_s: float = DEFAULT_TIMEOUT_S, verdicts: Sequence[Verdict] | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S, verdicts: Sequence[Verdict] | None = None, format_penalty: float = 0.0,
 ) -> tuple[list[dict], list[int], int]:
     """Verify every sample against its task's label and compute group advantages.
 
     Returns (`rollouts` rows in sample order with reward and advantage, the group index of
-    each row, how many responses the verifier could not judge). Reward = 1.0 for a
-    verified-correct response, 0.0 otherwise (unjudgeable ones included, and counted).
-    `verdicts`: already computed (sharded verify), one per sample in sample order.
+    each row, how many responses the verifier could not judge). Reward: `reward_of` (1.0 for a
+    verified-correct response, 0.0 otherwise, unjudgeable ones included and counted; -p out of
+    format with `format_penalty` p > 0). `verdicts`: already computed (sharded verify), one per
+    sample in sample order.
     """
     n = sum(len(g) for g in groups)
     if verdicts is None:
@@ -102,7 +125,7 @@ def score(
         for s in group:
             v = next(todo)
             unjudged += v.correct is None
-            reward = 1.0 if v.correct else 0.0
+            reward = reward_of(v.correct, in_format(task.kind, v.rule, v.extracted, task.label), format_penalty)
             rows.append(dict(
                 run=run, phase=phase, prompt_id=task.prompt_id, sample_index=s.sample_index, kind=task.kind,
                 prompt=task.prompt, response=s.text, extracted=v.extracted, rule=v.rule, label=task.label,
@@ -139,17 +162,18 @@ def period_metrics(rows: list[dict], tasks: Sequence[Task], groups_of: list[int]
     kinds = Counter(r["kind"] for r in rows)
     for kind in kinds:
         ks = [r for r in rows if r["kind"] == kind]
-        m[f"{kind}_accuracy"] = sum(r["reward"] for r in ks) / len(ks)
+        m[f"{kind}_accuracy"] = sum(bool(r["correct"]) for r in ks) / len(ks)  # the reward, less any format penalty
+        m[f"parse_rate_{kind}"] = sum(in_format(kind, r.get("rule"), r["extracted"], r["label"]) for r in ks) / len(ks)
     m["reward_mean"] = sum(r["reward"] for r in rows) / max(1, len(rows))
     m["zero_variance_groups"] = sum(len({r["reward"] for r in g}) == 1 for g in by_group.values()) / max(1, len(by_group))
     m["response_tokens_mean"] = sum(r["response_tokens"] for r in rows) / max(1, len(rows))
     m["truncated"] = sum(r["finish_reason"] == "length" for r in rows) / max(1, len(rows))
     # The format: answers in the box the verifier reads first, verdicts that are a boxed option.
     m["boxed_share"] = sum(r.get("rule") == "boxed" for r in rows) / max(1, len(rows))
-    verdicts = [(r, normalize_label(r["extracted"] or "")) for r in rows if r["kind"] in ("pointwise", "pairwise")]
+    verdicts = [(r, normalize_label(r["extracted"] or "")) for r in rows if r["kind"] in JUDGE_KINDS]
     if verdicts:
-        m["verdict_parse_rate"] = sum(r.get("rule") == "boxed" and v in {o.casefold() for o in verdict_options(r["label"])}
-                                      for r, v in verdicts) / len(verdicts)
+        m["verdict_parse_rate"] = sum(in_format(r["kind"], r.get("rule"), r["extracted"], r["label"])
+                                      for r, _ in verdicts) / len(verdicts)
         yn = [v for r, v in verdicts if r["label"] in ("Yes", "No")]
         ab = [v for r, v in verdicts if r["label"] in ("A", "B")]
         if yn:

@@ -29,6 +29,7 @@ from typing import Protocol, Sequence, Union
 
 import torch
 
+from spark_core import progress
 from spark_core.checkpoint import CheckpointError, load_checkpoint, load_tokenizer
 from spark_core.kv_cache import preallocated_cache
 from spark_core.models import end_token_ids
@@ -104,15 +105,6 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     except KeyError:
         raise EngineError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16") from None
-
-
-def _progress(total: int, desc: str):
-    """A tqdm bar on a terminal; otherwise None (the caller logs plain lines)."""
-    if not sys.stderr.isatty():
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="seq", leave=False)
 
 
 # --------------------------------------------------------------------------- sampling maths
@@ -202,33 +194,42 @@ class HFEngine:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths: less padding
         gen = torch.Generator(device=self.device).manual_seed(spec.seed)
         results: list[list[Sample]] = [[] for _ in encoded]
-        bar = _progress(len(encoded) * g, "rollout")
-        start, done = time.monotonic(), 0
         was_training = self.model.training
         self.model.eval()
         try:
+            self._sample_batches(encoded, order, per_batch, spec, gen, results)
+        finally:
+            self.model.train(was_training)
+        return results
+
+    def _sample_batches(self, encoded: list[list[int]], order: list[int], per_batch: int, spec: SamplingSpec,
+                        gen: torch.Generator, results: list[list[Sample]]) -> None:
+        """Decode the prompts batch by batch (in `order`), G rows each, appending to `results`."""
+        g = spec.group_size
+        start, done = time.monotonic(), 0
+        with progress.bar("sampling", len(encoded) * g) as bar:
             for b in range(0, len(order), per_batch):
                 idx = order[b : b + per_batch]
                 rows = [encoded[i] for i in idx for _ in range(g)]
-                tokens, logps, finished = self._decode(rows, spec, gen)
+                tokens, logps, finished = self._decode(rows, spec, gen, group=g, on_step=bar.update)
                 for r, (i, s) in enumerate((i, s) for i in idx for s in range(g)):
                     results[i].append(
                         Sample(i, s, self.tokenizer.decode(tokens[r], skip_special_tokens=True), tokens[r], logps[r],
                                "stop" if finished[r] else "length", len(encoded[i]), encoded[i])
                     )
                     done += 1
-                if bar is not None:
-                    bar.update(len(rows))
-                else:
-                    log.info("rollout: %d/%d sequences, %.1fs", done, len(encoded) * g, time.monotonic() - start)
-        finally:
-            if bar is not None:
-                bar.close()
-            self.model.train(was_training)
-        return results
+                log.debug("rollout: %d/%d sequences, %.1fs", done, len(encoded) * g, time.monotonic() - start)
 
-    def _decode(self, rows: list[list[int]], spec: SamplingSpec, gen: torch.Generator):
-        """Left-padded batch decode with KV cache; per row: tokens, log-probs, stopped-on-EOS."""
+    def _decode(self, rows: list[list[int]], spec: SamplingSpec, gen: torch.Generator, group: int = 1,
+                on_step=None):
+        """Left-padded batch decode with KV cache; per row: tokens, log-probs, stopped-on-EOS.
+        `on_step(rows finished, tokens sampled)` is called after every step (progress).
+
+        `group` G > 1: the rows come as runs of G copies of one prompt, and each prompt is
+        prefilled once, its cache and first logits copied to its G rows (the same values as
+        prefilling every copy: a row's result does not depend on the other rows)."""
+        if group > 1 and (len(rows) % group or any(rows[i] != rows[i - i % group] for i in range(len(rows)))):
+            raise ValueError(f"_decode(group={group}): the rows are not runs of {group} copies of a prompt")
         pad = self.tokenizer.pad_token_id
         width = max(len(r) for r in rows)
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # (B, T)
@@ -251,17 +252,27 @@ class HFEngine:
         full_mask[:, :width] = mask
         step_ids, step_pos = ids, positions
         for t in range(spec.max_new_tokens):
+            one = torch.arange(0, B, group, device=self.device) if t == 0 and group > 1 else None  # (B/G,)
             out = self.model(
-                input_ids=step_ids, attention_mask=full_mask[:, : width + t], position_ids=step_pos,
+                input_ids=step_ids if one is None else step_ids[one],
+                attention_mask=full_mask[:, : width + t] if one is None else full_mask[one, :width],
+                position_ids=step_pos if one is None else step_pos[one],
                 use_cache=True, logits_to_keep=1, **{_CACHE_ARG: past},
             )
             past = getattr(out, _CACHE_ARG)
-            tok, lp = sample_next(out.logits[:, -1, :], spec.temperature, spec.top_p, gen)  # (A,), (A,)
+            logits = out.logits[:, -1, :]  # (A, V)
+            if one is not None:  # the prompt's prefill serves its G rows
+                past.batch_repeat_interleave(group)
+                logits = logits.repeat_interleave(group, dim=0)  # (B, V)
+            tok, lp = sample_next(logits, spec.temperature, spec.top_p, gen)  # (A,), (A,)
             out_tokens[live, t] = tok
             out_logps[live, t] = lp
             lengths[live] += 1
             hit = torch.isin(tok, eos)  # (A,)
             stopped[live[hit]] = True
+            if on_step is not None:
+                ended = len(live) if t == spec.max_new_tokens - 1 else int(hit.sum())  # the last step ends them all
+                on_step(ended, len(live))
             if hit.all():
                 break
             step_ids = tok[:, None]  # (A, 1)
@@ -298,6 +309,12 @@ class VLLMEngine:
         from vllm import LLM
 
         from transformers import GenerationConfig
+
+        from spark_core.lora import is_adapter_dir
+
+        if is_adapter_dir(path):
+            raise EngineError(f"{path}: a LoRA checkpoint; the vllm engine reads full models only for now "
+                              f"(set rollout.engine: hf, which merges the adapters)")
 
         self.tokenizer = load_tokenizer(path)
         self.system = system

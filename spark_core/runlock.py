@@ -27,7 +27,16 @@ def run_lock(run_dir: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
     (polling once a second: queued flow runs take their turn), then RunLocked."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
+    with file_lock(run_dir / ".lock", wait_s, what=f"{run_dir}: run") as path:
+        yield path
+
+
+@contextmanager
+def file_lock(path: str | Path, wait_s: float = 0.0, what: str | None = None) -> Iterator[Path]:
+    """An exclusive flock on `path` (created), waited for up to `wait_s` seconds, else RunLocked
+    naming `what` (default: the path)."""
+    path = Path(path)
+    what = what or str(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     deadline = time.monotonic() + wait_s
     try:
@@ -41,7 +50,7 @@ def run_lock(run_dir: str | Path, wait_s: float = 0.0) -> Iterator[Path]:
                     continue
                 holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
                 waited = f" (waited {wait_s:g}s)" if wait_s else ""
-                raise RunLocked(f"{run_dir}: run is in use by {holder}{waited}; wait for it to finish or stop it") from None
+                raise RunLocked(f"{what} is in use by {holder}{waited}; wait for it to finish or stop it") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
         yield path

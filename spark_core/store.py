@@ -337,9 +337,13 @@ def parquet_problem(path: Path) -> str | None:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why a checkpoint folder is incomplete (missing config or weights, a truncated index), or None."""
+    from spark_core.lora import adapter_problem, is_adapter_dir
+
     path = Path(path)
     if not path.is_dir():
         return "missing"
+    if is_adapter_dir(path):
+        return adapter_problem(path)
     if not (path / "config.json").is_file():
         return "incomplete checkpoint: no config.json"
     present = [w for w in WEIGHT_FILES if (path / w).is_file()]

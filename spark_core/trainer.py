@@ -27,9 +27,11 @@ from typing import Sequence
 
 import torch
 
+from spark_core import progress
 from spark_core.fsdp import is_sharded, load_optimizer_state
 from spark_core.grpo import policy_loss, token_entropy, token_logprobs
 from spark_core.logits import blocked_matches, response_stats, use_blocks
+from spark_core.lora import is_peft
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +99,18 @@ def lr_lambda(s: TrainSettings):
 
 
 class Trainer:
-    """Holds the policy, the frozen reference, the optimizer and the schedule."""
+    """Holds the policy, the frozen reference, the optimizer and the schedule.
+
+    A peft model (LoRA, spark_core/lora.py) trains its adapters only, and with `ref_model`
+    None its reference is itself with the adapters switched off (no second copy)."""
 
     def __init__(self, model, ref_model, settings: TrainSettings, pad_id: int, device: torch.device | None = None):
         self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = model.to(self.device)
+        self.lora = is_peft(self.model)
+        # The forward passes go through the causal LM itself (its LoRA layers injected in place):
+        # the blocked log-probs need its decoder and head, which the peft wrapper hides.
+        self.net = self.model.get_base_model() if self.lora else self.model
         self.ref = ref_model.to(self.device).eval() if ref_model is not None else None
         if self.ref is not None:
             for p in self.ref.parameters():
@@ -110,15 +119,16 @@ class Trainer:
         self.pad_id = pad_id
         # foreach: the multi-tensor update, also on the CPU (torch's CPU default is one tensor at a
         # time): 2.6 s instead of 4.4 s a step for a 630M-parameter model on 2 cores.
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0,
+        params = [p for p in self.model.parameters() if p.requires_grad] if self.lora else self.model.parameters()
+        self.opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0,
                                      foreach=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(settings))
         self.step = 0
         self._packing_ok: bool | None = None
         self._blocked: bool | None = None
         if settings.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.model.config.use_cache = False
+            self.net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.net.config.use_cache = False
 
     # ----------------------------------------------------------------------- one period
 
@@ -131,21 +141,28 @@ class Trainer:
         rows = []
         self.model.train()
         base, self.s = self.s, replace(self.s, **overrides)
+        starts = range(0, len(batch), self.s.mini_batch_size)
         try:
-            for start in range(0, len(batch), self.s.mini_batch_size):
-                rows.append(self._optimizer_step(batch[start : start + self.s.mini_batch_size], phase, lr_scale))
+            with progress.bar(f"{phase} update", len(starts), "step") as bar:
+                for start in starts:
+                    rows.append(self._optimizer_step(batch[start : start + self.s.mini_batch_size], phase, lr_scale))
+                    bar.update(1, tokens=rows[-1]["tokens"])
         finally:
             self.s = base
         return rows
 
-    def sft_period(self, batch: Sequence[Sequence_], phase: str = "warmup") -> list[dict]:
+    def sft_period(self, batch: Sequence[Sequence_], phase: str = "warmup", what: str | None = None) -> list[dict]:
         """Supervised steps on `batch` (token-mean negative log-likelihood of the responses; the
         advantages and old log-probs are ignored), through the same optimizer step as GRPO; one
-        row per optimizer step, with `loss` its only metric."""
+        row per optimizer step, with `loss` its only metric (`what`: the progress bar's name)."""
         self.model.train()
         mb = self.s.mini_batch_size
-        return [self._optimizer_step(batch[i : i + mb], phase, 1.0, self._micro_nll, ("loss",))
-                for i in range(0, len(batch), mb)]
+        rows = []
+        with progress.bar(what or f"{phase} supervised", -(-len(batch) // mb), "step") as bar:
+            for i in range(0, len(batch), mb):
+                rows.append(self._optimizer_step(batch[i : i + mb], phase, 1.0, self._micro_nll, ("loss",)))
+                bar.update(1, tokens=rows[-1]["tokens"])
+        return rows
 
     def _optimizer_step(self, mini: Sequence[Sequence_], phase: str, lr_scale: float, micro_loss=None,
                         keys: tuple[str, ...] = _GRPO_METRICS) -> dict:
@@ -254,7 +271,7 @@ class Trainer:
         """Token-mean negative log-likelihood of one micro-batch's responses (the SFT loss)."""
         tokens, mask, inputs, where = self._response_batch(micro)
         with self._autocast():
-            logp, _ = self._stats(self.model, inputs, where, tokens, mask)  # (B, R)
+            logp, _ = self._stats(self.net, inputs, where, tokens, mask)  # (B, R)
         loss = -(logp * mask).sum() / mask.sum().clamp(min=1)
         return loss, {"loss": float(loss.detach())}
 
@@ -274,17 +291,24 @@ class Trainer:
                     adv[i, x.verdict_index:] = x.verdict_advantage
         adv = adv.to(self.device)
         with self._autocast():
-            logp, entropy = self._stats(self.model, inputs, where, tokens, mask)  # (B, R), (B, R)
+            logp, entropy = self._stats(self.net, inputs, where, tokens, mask)  # (B, R), (B, R)
             if self.s.entropy_coef == 0:
                 entropy = entropy.detach()
             ref_logp = None
             if self.ref is not None and self.s.beta > 0:
                 with torch.no_grad():
                     ref_logp, _ = self._stats(self.ref, inputs, where, tokens, mask)  # (B, R)
+            elif self.lora and self.s.beta > 0:
+                ref_logp = self.reference_logprobs(inputs, where, tokens, mask)  # (B, R)
         return policy_loss(
             logp, old, adv, mask.float(), clip_low=self.s.clip_low, clip_high=self.s.clip_high,
             ref_logprobs=ref_logp, beta=self.s.beta, agg=self.s.agg, entropy=entropy, entropy_coef=self.s.entropy_coef,
         )
+
+    def reference_logprobs(self, inputs: dict, where: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor):
+        """(B, R) log-probs under the LoRA policy's base: the same model, adapters off."""
+        with torch.no_grad(), self.model.disable_adapter():
+            return self._stats(self.net, inputs, where, tokens, mask)[0]
 
     def _stats(self, model, inputs: dict, where: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor):
         """Log-probs and entropies (B, R), float32: blocked over the LM head (no (B, R, V)
@@ -298,14 +322,14 @@ class Trainer:
         if self._blocked is None and self._sharded():
             # The blocked path calls the decoder and the head directly, past the FSDP root's hook
             # that gathers the embeddings and head: under FSDP the logits come from model(...).
-            if use_blocks(self.model, self.s.blocked_logits):
+            if use_blocks(self.net, self.s.blocked_logits):
                 log.warning("train.fsdp: blocked log-probs are not used under FSDP (full logits: more memory)")
             self._blocked = False
         if self._blocked is None:
-            self._blocked = _agree(use_blocks(self.model, self.s.blocked_logits) and blocked_matches(self.model))
+            self._blocked = _agree(use_blocks(self.net, self.s.blocked_logits) and blocked_matches(self.net))
             if not self._blocked and self.s.blocked_logits == "always":
                 log.warning("%s: blocked log-probs do not match the model's logits; using full logits",
-                            type(self.model).__name__)
+                            type(self.net).__name__)
         return self._blocked
 
     def _autocast(self):
@@ -355,10 +379,10 @@ class Trainer:
         if not self.s.packing:
             return False
         if self._packing_ok is None:
-            self._packing_ok = _agree(packing_matches(self.model, self.pad_id, self.device))
+            self._packing_ok = _agree(packing_matches(self.net, self.pad_id, self.device))
             if not self._packing_ok:
                 log.warning("%s: packed sequences give other logits than padded ones; training with padding",
-                            type(self.model).__name__)
+                            type(self.net).__name__)
         return self._packing_ok
 
     # ----------------------------------------------------------------------- state

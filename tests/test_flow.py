@@ -121,10 +121,12 @@ def test_a_locked_run_is_waited_for(tmp_path):
 
 def _flow_process(config: Path, run_dir: Path, data: Path, api: str, fault: str | None) -> subprocess.CompletedProcess:
     # The same torch thread count as the in-process reference run: float reductions (and so the
-    # `updates` table) are bit-identical only with the same threading.
+    # `updates` table) are bit-identical only with the same threading. The killed run makes its
+    # own shared warm-up (beside its data), so the kill inside the warmup stage hits a real one.
     import torch
 
-    env = os.environ | {"PREFECT_API_URL": api, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    env = os.environ | {"PREFECT_API_URL": api, "OMP_NUM_THREADS": str(torch.get_num_threads()),
+                        "SPARK_WARMUP_DIR": str(data / "warmups")}
     env.pop("SPARK_FAULT_STAGE", None)
     if fault:
         env["SPARK_FAULT_STAGE"] = fault
@@ -134,13 +136,18 @@ def _flow_process(config: Path, run_dir: Path, data: Path, api: str, fault: str 
     return subprocess.run(cmd, env=env, cwd=run_dir.parent, capture_output=True, text=True, timeout=600)
 
 
-def test_sigkill_inside_each_stage_then_rerun(prefect_api, small_config, tmp_path):
+@pytest.mark.parametrize("weights", ["full", "lora"])
+def test_sigkill_inside_each_stage_then_rerun(prefect_api, small_config, tmp_path, monkeypatch, weights):
     """Kill the flow process inside every stage of iteration 0 in turn (after the stage wrote
     its outputs, before its manifest), re-running each time; the last kill comes after the
     iteration closed, so the final re-run (one iteration) makes iteration 1. The result
-    equals an uninterrupted two-iteration run."""
+    equals an uninterrupted two-iteration run; with full fine-tuning and with LoRA adapters."""
     from flows.spark_flow import spark
 
+    if weights == "lora":
+        small_config.write_text(small_config.read_text().replace("train:\n", "train:\n  lora: {rank: 4}\n", 1))
+        assert load_config(small_config).train.lora is not None
+    monkeypatch.setenv("SPARK_WARMUP_DIR", str(tmp_path / "straight-warmups"))
     straight_data = tmp_path / "straight"
     spark(run="s", config=str(small_config), iterations=2, data_dir=str(straight_data))
     data = tmp_path / "killed"
@@ -159,6 +166,7 @@ def test_sigkill_inside_each_stage_then_rerun(prefect_api, small_config, tmp_pat
         assert expected[table].equals(got[table]), table
     for k in (0, 1):
         load_checkpoint(checkpoint_dir(run_dir, k))
+        assert (checkpoint_dir(run_dir, k) / "adapter_model.safetensors").is_file() == (weights == "lora")
     assert not any(p.name.endswith((".policy", ".tmp")) for p in (run_dir / "checkpoints").iterdir())
     assert not (run_dir / ".staging").exists() or not any((run_dir / ".staging").iterdir())
     assert [s for s, _ in _mlflow_history(data, "iteration")] == [0, 1]  # each iteration logged once

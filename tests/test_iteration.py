@@ -55,6 +55,12 @@ def test_iterate_cli(tmp_path):
     r = CliRunner().invoke(app, ["iterate", "-c", str(cfg_path), "--run", str(run), "--iterations", "1"])
     assert r.exit_code == 0, r.output
     assert "iteration 0: solve" in r.output
+    # Not a terminal: plain progress lines, on stderr only (stdout is the summary, nothing else).
+    assert r.stdout.strip().splitlines() == [r.stdout.strip()] and r.stdout.startswith("iteration 0: solve")
+    for line in ("iteration 0 rollout_policy: started", "iteration 0 train_policy: done in",
+                 "iteration 0 rollout_reward: sampling: 8/8 seq in", "iteration 0 train_reward: reward update: 1/1 step in",
+                 "iteration 0 evaluate: done in"):
+        assert line in r.stderr, (line, r.stderr)
     r = CliRunner().invoke(app, ["iterate", "-c", str(cfg_path), "--run", str(run), "--iterations", "1"])
     assert "iteration 1: solve" in r.output
     bad = tmp_path / "bad.yaml"

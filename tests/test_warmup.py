@@ -1,6 +1,8 @@
 """The format warm-up's rules (spark_core/warmup.py) and the solve prompts (spark_core/prompts.py)."""
 
 import random
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +93,52 @@ def test_judge_report_separates_format_failures_from_wrong_verdicts():
     assert m["judge_parse_rate"] == 0.75
     assert m["judge_accuracy_parsed"] == pytest.approx(2 / 3)
     assert m["pointwise_parse_rate"] == 0.75
+
+
+# --------------------------------------------------------------------------- the shared warm-up
+
+_WARM = ("warmup:\n  enabled: true\n  problems: 4\n  judge_prompts: 2\n  samples: 2\n  epochs: 1\n  check_samples: 1\n"
+         "rollout:\n  batch_prompts: 4\n  group_size: 2\n")
+
+
+def _warm_cfg(tmp_path):
+    from spark_core.config import load_config
+
+    path = tmp_path / "warm.yaml"
+    path.write_text((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text() + _WARM)
+    return load_config(path)
+
+
+def test_the_warmup_is_made_once_and_found_by_its_hash(tmp_path, monkeypatch):
+    from spark_core.iteration import base_model, start_model, warmup_stage
+    from spark_core.shared_warmup import is_complete, warmup_key
+    from spark_core.stages import prepare_problems
+
+    root = tmp_path / "warmups"
+    monkeypatch.setenv("SPARK_WARMUP_DIR", str(root))
+    cfg = _warm_cfg(tmp_path)
+    runs = {name: tmp_path / name for name in ("a", "b", "c")}
+    for run in runs.values():
+        prepare_problems(cfg, run)
+    first = warmup_stage(cfg, runs["a"], 0)
+    shared = root / warmup_key(cfg, base_model(cfg))
+    assert first["reused"] is False and first["shared"] == str(shared) and is_complete(shared)
+    assert start_model(cfg, runs["a"]) == shared and not (runs["a"] / "checkpoints" / "warmup").exists()
+    second = warmup_stage(cfg, runs["b"], 0)  # another run of the same config: found, not made again
+    assert second["reused"] is True and second["shared"] == first["shared"]
+    assert second["metrics"] == first["metrics"] and second["seconds"] < first["made_seconds"]
+    assert (runs["b"] / "warmup" / "examples.parquet").read_bytes() == (runs["a"] / "warmup" / "examples.parquet").read_bytes()
+
+    # What the warm-up does not read leaves the key alone; a changed warm-up recipe makes a new one.
+    other_rl = SparkConfig.model_validate(cfg.resolved() | {"train": cfg.resolved()["train"] | {"lr": 0.5}})
+    assert warmup_key(other_rl, base_model(cfg)) == warmup_key(cfg, base_model(cfg))
+    changed = SparkConfig.model_validate(cfg.resolved() | {"warmup": cfg.resolved()["warmup"] | {"lr": 3e-5}})
+    prepare_problems(changed, runs["c"])
+    third = warmup_stage(changed, runs["c"], 0)
+    assert third["reused"] is False and third["shared"] != first["shared"]
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted([Path(first["shared"]).name, Path(third["shared"]).name])
+
+    # The shared copy gone: a run that used it redoes its warmup stage instead of failing later.
+    shutil.rmtree(shared)
+    redone = warmup_stage(cfg, runs["b"], 0)
+    assert redone["reused"] is False and is_complete(shared) and redone["metrics"] == first["metrics"]

@@ -1,0 +1,107 @@
+"""LoRA adapters through peft (`train.lora`): train a few million adapter weights, not the model.
+
+A LoRA checkpoint is a folder with peft's `adapter_config.json` and `adapter_model.safetensors`,
+the tokenizer, the trainer state (optimizer over the adapters only, spark_core/trainer.py) and
+`spark_adapter.json`, which names the base model the adapters were made on (the run's start
+model: the base, or its format warm-up). It is megabytes, not gigabytes, and every reader
+resolves it against that base:
+
+- sampling, evaluation and every other inference use `load_checkpoint`, which returns the
+  base with the adapters merged into its weights: a plain model, decoded at the speed of the
+  base (unmerged adapters add two small matmuls per projection and step);
+- training loads the base with its adapters trainable (`load_trainable`), or attaches fresh
+  ones (`attach`, B = 0 so the first forward equals the base's); the KL reference is the same
+  model with its adapters switched off (`peft`'s `disable_adapter`), so no second copy of the
+  model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ADAPTER_MARK = "spark_adapter.json"  # {"base": absolute path of the model the adapters apply to}
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether `path` is a LoRA checkpoint written by `save_adapter`."""
+    return (Path(path) / ADAPTER_MARK).is_file()
+
+
+def adapter_problem(path: Path) -> str | None:
+    """Why an adapter checkpoint is incomplete, or None."""
+    missing = [f for f in ADAPTER_FILES if not (Path(path) / f).is_file()]
+    return f"incomplete adapter checkpoint: no {missing[0]}" if missing else None
+
+
+def adapter_base(path: str | Path) -> Path:
+    """The base model directory an adapter checkpoint applies to; CheckpointError if it is gone."""
+    from spark_core.checkpoint import CheckpointError
+
+    path = Path(path)
+    try:
+        base = Path(json.loads((path / ADAPTER_MARK).read_text())["base"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / ADAPTER_MARK}: unreadable ({type(e).__name__}); the adapters' base is unknown") from e
+    if not (base / "config.json").is_file():
+        raise CheckpointError(f"{path}: LoRA adapters on {base}, which is no longer a model directory; "
+                              f"restore it (or re-run its warm-up) to use this checkpoint")
+    return base
+
+
+def peft_config(lora):
+    """peft's LoraConfig from a config.LoraConfig section."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                          target_modules=list(lora.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def attach(model, lora):
+    """`model` wrapped with fresh trainable adapters (A random under torch's current seed, B = 0),
+    every base weight frozen."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(lora))
+
+
+def load_trainable(path: str | Path, device="cpu"):
+    """(peft model with the checkpoint's adapters trainable, tokenizer)."""
+    from peft import PeftModel
+
+    from spark_core.checkpoint import load_checkpoint, load_tokenizer
+
+    base, _ = load_checkpoint(adapter_base(path), device)
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+    return model.to(device), load_tokenizer(path)
+
+
+def merged(path: str | Path, device="cpu", dtype=None):
+    """The base with the checkpoint's adapters merged into its weights: a plain causal LM
+    (`dtype`: the base's, float32 when None)."""
+    import torch
+    from peft import PeftModel
+
+    from spark_core.checkpoint import load_checkpoint
+
+    base, _ = load_checkpoint(adapter_base(path), device, dtype or torch.float32)
+    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+
+
+def save_adapter(model, tokenizer, path: Path, base: Path) -> None:
+    """Adapters (safetensors), tokenizer and the mark naming `base` into `path`."""
+    import warnings
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():  # peft asks transformers a deprecated question while saving
+        warnings.simplefilter("ignore", FutureWarning)
+        model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    (path / ADAPTER_MARK).write_text(json.dumps({"base": str(Path(base).resolve())}, indent=2) + "\n")
+
+
+def is_peft(model) -> bool:
+    """Whether `model` is a peft wrapper (its adapters train, its base does not)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
