@@ -135,7 +135,7 @@ class RolloutConfig(_Section):
     device: str = "auto"
     """`auto` (CUDA when present), `cpu` or `cuda`."""
     dtype: str = "auto"
-    """`auto` (bf16 on GPU, float32 on CPU), `float32`, `bfloat16`, `float16`."""
+    """`auto` (bf16 on GPU, float32 on CPU), `bf16_if_native` (bf16 where the device computes it natively: a GPU, or a CPU with AVX-512 BF16 or AMX; else float32), `float32`, `bfloat16`, `float16`."""
     batch_prompts: int = Field(32, ge=2)
     """B: problems per policy period; the reward period takes at most B/2 judge and B/2 reflection prompts."""
     group_size: int = Field(8, ge=2)
@@ -220,7 +220,7 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False
     """Recompute each layer's activations in the backward pass (less memory, about a third more time)."""
     bf16_autocast: bool = False
-    """On CUDA: forward and backward under bfloat16 autocast; log-probs and optimizer state stay float32."""
+    """Forward and backward under bfloat16 autocast on CUDA, or on a CPU that computes bf16 natively (AVX-512 BF16 / AMX; elsewhere float32 stays); the LM head, log-probs and optimizer state stay float32."""
     processes: int = Field(1, ge=1)
     """P: run the train stage as a `torchrun --standalone` job of P processes (gloo on CPU, NCCL on CUDA), each taking every P-th micro-batch of each mini-batch; the update equals the one-process one (token-weighted gradient sum). 1: in the stage's process."""
     fsdp: bool = False

@@ -60,7 +60,7 @@ from spark_core.recycle import consumed_batch, recycle, take_from_cache, write_c
 from spark_core.records import InputError
 from spark_core import judge_reward, lora, progress, shared_warmup, warmup
 from spark_core.runlock import file_lock
-from spark_core.rollout import Sample, SamplingSpec, encode_prompts, make_engine, pick_device
+from spark_core.rollout import Sample, SamplingSpec, encode_prompts, make_engine, pick_device, pick_dtype
 from spark_core.store import (
     atomic_write_bytes, atomic_write_parquet, checkpoint_problem, clean_staging, manifest_path, part_path, read_manifest,
     read_table, stage_complete,
@@ -287,6 +287,7 @@ def _sample_into(cfg: SparkConfig, run_dir: Path, k: int, phase: str, tasks: lis
     write_samples(run_dir, out, tasks, groups)
     return dict(outputs={"samples": out}, rows={"samples": sum(map(len, groups)), "tokens": tokens},
                 inputs={"checkpoint": str(source)}, sampling_seconds=seconds,
+                sampling_dtype=str(pick_dtype(cfg.rollout.dtype, pick_device(cfg.rollout.device))).removeprefix("torch."),
                 metrics={"rollout_tokens_per_s": tokens / seconds if seconds > 0 else 0.0})
 
 

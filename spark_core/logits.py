@@ -66,7 +66,13 @@ def _block_stats(head, h: Tensor, tgt: Tensor, temperature: float) -> tuple[Tens
     under softmax(head(h) / T)."""
     # log_softmax (max subtracted before the sum) rounds like the direct path's token_entropy;
     # z - logsumexp(z) differs from it by ~1e-4 in the entropy at V = 151,936.
-    z = head(h)
+    if torch.is_autocast_enabled(h.device.type):
+        # Under bf16 autocast the trunk runs in bf16, the head stays float32: bf16 logits near
+        # 20 are off by ~0.06, which would put that much noise in every log-prob and ratio.
+        with torch.autocast(h.device.type, enabled=False):
+            z = head(h.float())
+    else:
+        z = head(h)
     z = z if z.dtype == torch.float64 else z.float()  # float32 at least (float64 kept: the tests' reference)
     logp = torch.log_softmax(z / temperature, dim=-1)  # (n, V)
     picked = logp.gather(-1, tgt[:, None]).squeeze(-1)  # (n,)

@@ -18,10 +18,20 @@ resolves it against that base:
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 ADAPTER_MARK = "spark_adapter.json"  # {"base": absolute path of the model the adapters apply to}
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+@contextmanager
+def _quiet():
+    """peft asks transformers a deprecated question (`is_gradient_checkpointing`) on load and save."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -63,7 +73,8 @@ def attach(model, lora):
     every base weight frozen."""
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(lora))
+    with _quiet():
+        return get_peft_model(model, peft_config(lora))
 
 
 def load_trainable(path: str | Path, device="cpu"):
@@ -73,7 +84,8 @@ def load_trainable(path: str | Path, device="cpu"):
     from spark_core.checkpoint import load_checkpoint, load_tokenizer
 
     base, _ = load_checkpoint(adapter_base(path), device)
-    model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
+    with _quiet():
+        model = PeftModel.from_pretrained(base, str(path), is_trainable=True)
     return model.to(device), load_tokenizer(path)
 
 
@@ -86,17 +98,15 @@ def merged(path: str | Path, device="cpu", dtype=None):
     from spark_core.checkpoint import load_checkpoint
 
     base, _ = load_checkpoint(adapter_base(path), device, dtype or torch.float32)
-    return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
+    with _quiet():
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
 
 
 def save_adapter(model, tokenizer, path: Path, base: Path) -> None:
     """Adapters (safetensors), tokenizer and the mark naming `base` into `path`."""
-    import warnings
-
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # peft asks transformers a deprecated question while saving
-        warnings.simplefilter("ignore", FutureWarning)
+    with _quiet():
         model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     (path / ADAPTER_MARK).write_text(json.dumps({"base": str(Path(base).resolve())}, indent=2) + "\n")

@@ -66,7 +66,7 @@ class Bar:
             self._bar.update(n)
             if self.tokens:
                 self._bar.set_postfix_str(f"{self.tokens / max(1e-9, now - self.start):.1f} tok/s")
-        elif now - self._said >= EVERY_S:  # no terminal: a plain line now and then on long work
+        elif now - self._said >= EVERY_S and self.done < self.total:  # no terminal: a line now and then on long work
             self._said = now
             log.info("%s: %d/%d %s, %.0fs so far, %.1f tok/s", self.desc, self.done, self.total, self.unit,
                      now - self.start, self.tokens / max(1e-9, now - self.start))

@@ -59,7 +59,7 @@ class TrainSettings:
     packing: bool = False  # several sequences per row instead of one padded row each (checked once)
     blocked_logits: str = "auto"  # auto | always | never: LM head over blocks of positions (spark_core/logits.py)
     gradient_checkpointing: bool = False
-    bf16_autocast: bool = False  # CUDA only: bf16 forward/backward, float32 log-probs and optimizer state
+    bf16_autocast: bool = False  # CUDA or a native-bf16 CPU: bf16 trunk, float32 head, log-probs and optimizer state
 
 
 @dataclass
@@ -333,9 +333,12 @@ class Trainer:
         return self._blocked
 
     def _autocast(self):
-        """bf16 autocast on CUDA when configured; a no-op context otherwise."""
-        if self.s.bf16_autocast and self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast when configured, on CUDA or on a CPU that computes bf16 natively (AVX-512
+        BF16 / AMX; on AVX2 it would be slower, so float32 stays); a no-op context otherwise."""
+        from spark_core.rollout import native_bf16
+
+        if self.s.bf16_autocast and self.device.type in ("cuda", "cpu") and native_bf16(self.device):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _layout(self, micro: Sequence[Sequence_], R: int, packed: bool) -> tuple[dict, torch.Tensor]:
