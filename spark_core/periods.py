@@ -162,7 +162,8 @@ def period_metrics(rows: list[dict], tasks: Sequence[Task], groups_of: list[int]
     kinds = Counter(r["kind"] for r in rows)
     for kind in kinds:
         ks = [r for r in rows if r["kind"] == kind]
-        m[f"{kind}_accuracy"] = sum(bool(r["correct"]) for r in ks) / len(ks)  # the reward, less any format penalty
+        # Right answers, whatever they scored (the reward less any format penalty).
+        m[f"{kind}_accuracy"] = sum(bool(r["correct"]) if "correct" in r else r["reward"] == 1.0 for r in ks) / len(ks)
         m[f"parse_rate_{kind}"] = sum(in_format(kind, r.get("rule"), r["extracted"], r["label"]) for r in ks) / len(ks)
     m["reward_mean"] = sum(r["reward"] for r in rows) / max(1, len(rows))
     m["zero_variance_groups"] = sum(len({r["reward"] for r in g}) == 1 for g in by_group.values()) / max(1, len(by_group))
