@@ -108,14 +108,20 @@ def main() -> None:
     ap.add_argument("--arm", action="append", choices=tuple(OPTIONS), help="arms after `hard` (default: weighted)")
     ap.add_argument("--root", default="data/real-reward-periods", help="run directories")
     ap.add_argument("--out", default="docs/real-model", help="where reward_periods.{parquet,md} go")
-    ap.add_argument("--machine", default="2-core AMD EPYC (AVX2), 24 GiB, float32, 2 threads")
+    ap.add_argument("--lr", type=float, help="train.lr for every arm (default: the config's)")
+    ap.add_argument("--machine", help="where it ran (default: read from this machine)")
     args = ap.parse_args()
+    from spark_core.machine import describe
     from spark_core.experiment import run_base
     from spark_core.iteration import judge_set_stage, start_model
     from spark_core.runlock import run_lock
 
     root, out = Path(args.root), Path(args.out)
     first = load_config(args.config)
+    if args.lr is not None:
+        data = first.resolved()
+        data["train"]["lr"] = args.lr
+        first = SparkConfig.model_validate(data)
     arms = ["hard"] + [a for a in (args.arm or ["weighted"]) if a != "hard"]
     seconds, rows = {}, []
     seconds["hard"] = run_arm(first, root / "hard", args.periods)
@@ -133,7 +139,8 @@ def main() -> None:
         rows += arm_rows(arm, root / arm)
     digests = {a: judge_set_digest(root / a) for a in ["start", *arms]}
     meta = {"command": "python research/real_reward_periods.py " + " ".join(sys.argv[1:]),
-            "machine": args.machine, "date": time.strftime("%Y-%m-%d"),
+            "machine": args.machine or f"{describe()}, rollout {first.rollout.dtype}, "
+            f"bf16 autocast {first.train.bf16_autocast}", "date": time.strftime("%Y-%m-%d"),
             "judge_items": len(judge_set_stage(start_cfg, root / "start")), "judge_set_digest": digests["start"],
             "same_judge_set": len(set(digests.values())) == 1, "seconds": {k: round(v) for k, v in seconds.items()}}
     out.mkdir(parents=True, exist_ok=True)
