@@ -55,9 +55,11 @@ def spark(run: str = "tiny", config: str = DEFAULT_CONFIG, iterations: int | Non
         stages.prepare(cfg, run_dir)
         first = completed_iterations(run_dir, cfg)
         if cfg.runner == "ray":  # the iterations in a subflow whose task runner is the Ray cluster
-            from flows.runners import ray_task_runner
+            from flows.runners import ray_task_runner, workers_api
 
-            last = iterations_on_ray.with_options(task_runner=ray_task_runner(cfg))(cfg, run_dir, first, n, data)
+            with workers_api(cfg) as env:  # the workers report to this flow's API, not to servers of their own
+                last = iterations_on_ray.with_options(task_runner=ray_task_runner(cfg, env))(cfg, run_dir, first, n,
+                                                                                            data)
         else:
             last = iterate(cfg, run_dir, first, n, data)
     logger.info("run %s: %d iterations complete; tables under %s", run_dir.name, first + n, run_dir / "tables")
@@ -118,11 +120,21 @@ def run_shards(cfg, shard_task, run_dir: Path, k: int, phase: str, gpus: bool = 
     if cfg.runner == "ray":
         from prefect_ray.context import remote_options
 
+        from flows.runners import ShardFailed, shard_error
+
         gpu = (cfg.ray.gpus_per_shard or None) if gpus else None
         with remote_options(num_cpus=cfg.ray.cpus_per_shard, num_gpus=gpu):
             futures = [shard_task.submit(cfg, run_dir, k, phase, i) for i in range(shards)]
-        for f in futures:
-            f.result()  # raises the first failed shard's error
+        errors = []
+        for i, f in enumerate(futures):  # wait for all: the shards that succeed keep their parts
+            try:
+                f.result()
+            except Exception as e:  # a task's own error, or Ray's when the worker died
+                errors.append((i, e))
+        if errors:
+            i, e = errors[0]
+            stage = f"{shard_task.name.split('-')[0]}_{phase} (iteration {k})"
+            raise ShardFailed(shard_error(stage, i, shards, e)) from e
     else:
         for i in range(shards):
             shard_task(cfg, run_dir, k, phase, i)
@@ -130,6 +142,7 @@ def run_shards(cfg, shard_task, run_dir: Path, k: int, phase: str, gpus: bool = 
 
 if __name__ == "__main__":
     import argparse
+    import sys
 
     from flows.local import api_or_ephemeral
 
@@ -140,5 +153,12 @@ if __name__ == "__main__":
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
-    with api_or_ephemeral():
-        spark(run=a.run, config=a.config, iterations=a.iterations, data_dir=a.data_dir)
+    from flows.runners import ShardFailed
+    from spark_core.checkpoint import CheckpointError
+    from spark_core.runlock import RunLocked
+
+    try:
+        with api_or_ephemeral():
+            spark(run=a.run, config=a.config, iterations=a.iterations, data_dir=a.data_dir)
+    except (ShardFailed, CheckpointError, RunLocked, ValueError) as e:  # one line, as the CLI's errors
+        sys.exit(f"error: {e}")

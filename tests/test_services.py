@@ -38,6 +38,17 @@ def test_services_serve_iterate_and_stop(tmp_path):
         assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
         assert read_table(data / "runs" / "tiny", "rollouts").num_rows > 0  # the served flow wrote the run
         assert (data / "mlflow" / "mlflow.db").is_file()
+        ray_config = tmp_path / "ray.yaml"  # issue 30: the Ray shards through the deployment
+        ray_config.write_text(config.read_text() + "runner: ray\nray:\n  num_cpus: 2\n  object_store_mb: 128\n"
+                              "rollout:\n  batch_prompts: 4\n  group_size: 2\n  shards: 2\n")
+        r = subprocess.run([prefect, "deployment", "run", "spark/iterate", "--param", f"config={ray_config}",
+                            "--param", "run=ray", "--watch"], env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+        assert r.returncode == 0 and "Completed" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
+        shards = _task_runs(env["PREFECT_API_URL"], "rollout-policy-0-shard-")
+        assert sorted(t["name"] for t in shards) == ["rollout-policy-0-shard-0", "rollout-policy-0-shard-1"]
+        assert all(t["state_type"] == "COMPLETED" for t in shards), shards
+        assert len({t["flow_run_id"] for t in shards}) == 1  # both in the Ray subflow of the deployment's run
         pids = [st["server_pid"], st["serve_pid"], *descendants(st["server_pid"]), *descendants(st["serve_pid"])]
     finally:
         main(["stop", *args])
@@ -46,6 +57,18 @@ def test_services_serve_iterate_and_stop(tmp_path):
     for pid in pids:  # nothing of ours left (a zombie awaiting its reaper is not running)
         stat = Path(f"/proc/{pid}/stat")
         assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z", pid
+
+
+def _task_runs(api_url: str, prefix: str) -> list[dict]:
+    """Task runs whose name starts with `prefix`, from the Prefect API (what its UI shows)."""
+    import json
+    import urllib.request
+
+    body = json.dumps({"task_runs": {"name": {"like_": prefix}}}).encode()
+    req = urllib.request.Request(api_url.rstrip("/") + "/task_runs/filter", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return [t for t in json.load(r) if t["name"].startswith(prefix)]
 
 
 def listening(pids: list[int]) -> set[tuple[str, int]]:

@@ -129,3 +129,85 @@ def test_ray_shards_through_the_flow(prefect_api, tmp_path):
     t1, t2 = _tables(r1), _tables(r2)
     assert all(t1[t].equals(t2[t]) for t in t1)
     assert _ray_alive() == before, "Ray processes were left running"
+
+
+def _prefect_servers() -> dict[int, int]:
+    """pid -> parent pid of every Prefect API server process running (Prefect's temporary
+    server runs `uvicorn ... prefect.server.api.server:create_app`)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            if b"prefect.server.api.server:create_app" in cmd:
+                out[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+            continue
+    return out
+
+
+def test_ray_flow_with_the_cpu_busy_uses_the_flows_api_and_names_a_failed_shard(tmp_path):
+    """Issue 30: `python -m flows.spark_flow` in Prefect's ephemeral mode (no API URL, an empty
+    PREFECT_HOME, as a new user runs it) with two busy processes beside it. A shard whose worker
+    dies fails the run with one line naming the shard; the re-run redoes that shard only and
+    completes; every Prefect server process seen meanwhile is the flow process's own."""
+    pytest.importorskip("prefect_ray", reason="runner: ray needs the ray extra (pip install -e '.[ray]')")
+    import threading
+
+    config = _config(tmp_path, "runner: ray\nray:\n  num_cpus: 2\n  object_store_mb: 128\n")
+    cfg = load_config(config)
+    run = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env |= {"PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "flows.spark_flow", "--config", str(config), "--run", str(run), "--iterations", "1"]
+    before = set(_prefect_servers())
+    seen: dict[int, int] = {}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.update({p: pp for p, pp in _prefect_servers().items() if p not in before})
+            stop.wait(0.2)
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        killed = shard_stage("policy", 1, 2)
+        flows = [subprocess.Popen(cmd, env=env | {FAULT_ENV: killed}, cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)]
+        out = flows[0].communicate(timeout=900)[0]
+        assert flows[0].returncode == 1, out[-3000:]
+        last = out.strip().splitlines()[-1]
+        assert last.startswith("error: rollout_policy (iteration 0) shard 1 of 2 failed: "), out[-3000:]
+        first = manifest_path(run, shard_stage("policy", 0, 2), 0)
+        assert first.is_file() and not manifest_path(run, killed, 0).exists()
+        stamp = first.stat().st_mtime_ns
+        flows.append(subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+        out = flows[1].communicate(timeout=900)[0]
+        assert flows[1].returncode == 0, out[-3000:]
+    finally:
+        stop.set()
+        watcher.join()
+        for h in hogs:
+            h.kill()
+            h.wait()
+    assert first.stat().st_mtime_ns == stamp  # the finished shard was not redone
+    place = _complete(run, cfg)
+    assert all(s["pid"] not in (f.pid for f in flows) for s in place["rollout_policy_shards"])  # ran on Ray
+    assert seen and set(seen.values()) <= {f.pid for f in flows}, f"a Prefect server not started by the flow: {seen}"
+    assert out.count("Starting temporary server") <= 1, out[-3000:]
+
+
+def test_a_failed_shard_is_one_line_naming_it():
+    from flows.runners import shard_error
+
+    class Crashed(Exception):
+        pass
+
+    e = Crashed("ray::rollout-shard() (pid=7, ip=10.0.0.2)\n  File \"x.py\", line 3\n\nThe worker died unexpectedly.\n")
+    line = shard_error("rollout_policy (iteration 2)", 1, 4, e)
+    assert line == "rollout_policy (iteration 2) shard 1 of 4 failed: Crashed: The worker died unexpectedly."
+    assert "\n" not in shard_error("verify_reward (iteration 0)", 0, 2, Crashed(""))
