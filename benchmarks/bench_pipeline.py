@@ -36,7 +36,7 @@ from flows.local import api_or_ephemeral  # noqa: E402
 from flows.spark_flow import spark  # noqa: E402
 from spark_core.checkpoint import build_model, build_tokenizer, save_checkpoint  # noqa: E402
 from spark_core.config import TinyModelConfig, load_config  # noqa: E402
-from spark_core.iteration import STAGES  # noqa: E402
+from spark_core.rundir import STAGES  # noqa: E402
 from spark_core.store import read_manifest  # noqa: E402
 from spark_core import timing  # noqa: E402
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from spark_core.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import SparkConfig, load_config  # noqa: E402
 from spark_core.evaluate import policy_metrics  # noqa: E402
-from spark_core.iteration import policy_problems  # noqa: E402
+from spark_core.rundir import policy_problems  # noqa: E402
 from spark_core.periods import run_period, solve_tasks  # noqa: E402
 from spark_core.problems import generate_problems  # noqa: E402
 from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
@@ -72,8 +72,9 @@ def run_ours(cfg, batches, held):
 
 
 def run_pipeline(cfg: SparkConfig, n: int, held):
-    from spark_core.iteration import checkpoint_dir, run_iteration
-    from spark_core.stages import prepare_problems
+    from spark_core.iteration import run_iteration
+    from spark_core.rundir import checkpoint_dir
+    from spark_core.stages.problems import prepare_problems
 
     run = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     data = cfg.resolved()

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from spark_core.checkpoint import build_model, build_tokenizer, save_checkpoint  # noqa: E402
 from spark_core.config import TinyModelConfig, load_config  # noqa: E402
 from spark_core.iteration import run_iteration  # noqa: E402
-from spark_core.stages import prepare_problems  # noqa: E402
+from spark_core.stages.problems import prepare_problems  # noqa: E402
 
 #: bf16 dense peak FLOP/s by card name fragment (vendor datasheets, without sparsity).
 PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12}

@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.spark_flow import DEFAULT_CONFIG
 from spark_core.bootstrap import bootstrap as build
 from spark_core.config import load_config
-from spark_core.iteration import resolve_path
+from spark_core.rundir import resolve_path
 
 
 @task(name="build-tiny-model", cache_policy=NO_CACHE)

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from spark_core.config import SparkConfig, load_config
 from spark_core.experiment import ARMS, DEFAULT_ARMS, arm_iterations, coevolution_plot, run_arm, write_results
-from spark_core.iteration import resolve_path
+from spark_core.rundir import resolve_path
 from spark_core.tracking import (
     EXPERIMENT_ARMS, child_run, default_data_dir, experiment_parent, log_summary, track_iterations,
 )

@@ -21,7 +21,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from spark_core.config import load_config
-from spark_core.iteration import claim_run, completed_iterations, resolve_path, summary_line
+from spark_core.iteration import summary_line
+from spark_core.rundir import CHAIN, claim_run, completed_iterations, resolve_path
 from spark_core.runlock import run_lock
 from spark_core.tracking import default_data_dir, ui_command
 from tasks import stages
@@ -68,19 +69,19 @@ def spark(run: str = "tiny", config: str = DEFAULT_CONFIG, iterations: int | Non
 
 
 def iterate(cfg, run_dir: Path, first: int, n: int, data: Path) -> dict:
-    """Iterations first .. first+n-1, stage by stage; returns the last `iteration` manifest."""
+    """Iterations first .. first+n-1, stage by stage (the chain of spark_core/rundir.py, each step
+    a task; rollout and verify as their shards when sharded); returns the last `iteration` manifest."""
     logger = get_run_logger()
     last: dict = {}
+    steps = {"warmup": lambda k, _: stages.warmup(cfg, run_dir, k), "rollout": lambda k, p: rollout(cfg, run_dir, k, p),
+             "verify": lambda k, p: verify(cfg, run_dir, k, p), "train": lambda k, p: stages.train(cfg, run_dir, k, p),
+             "recycle": lambda k, _: stages.recycle(cfg, run_dir, k),
+             "evaluate": lambda k, _: stages.evaluate(cfg, run_dir, k)}
     for k in range(first, first + n):
-        if k == 0 and cfg.warmup.enabled:
-            stages.warmup(cfg, run_dir, k)
-        for phase in ("policy", "reward"):
-            if phase == "reward":
-                stages.recycle(cfg, run_dir, k)
-            rollout(cfg, run_dir, k, phase)
-            verify(cfg, run_dir, k, phase)
-            stages.train(cfg, run_dir, k, phase)
-        stages.evaluate(cfg, run_dir, k)
+        for step, phase in CHAIN:
+            if step == "warmup" and not (k == 0 and cfg.warmup.enabled):
+                continue  # no task run for a stage that does not apply
+            steps[step](k, phase)
         last = stages.finish(cfg, run_dir, k)
         stages.track(cfg, run_dir, k, data)
         logger.info(summary_line(k, last["metrics"]))

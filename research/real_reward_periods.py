@@ -53,9 +53,10 @@ def arm_config(first: SparkConfig, arm: str, warm: Path | None) -> SparkConfig:
 
 
 def run_arm(cfg: SparkConfig, run_dir: Path, periods: int) -> float:
-    from spark_core.iteration import claim_run, completed_iterations, run_iteration
+    from spark_core.iteration import run_iteration
+    from spark_core.rundir import claim_run, completed_iterations
     from spark_core.runlock import run_lock
-    from spark_core.stages import prepare_problems
+    from spark_core.stages.problems import prepare_problems
 
     start = time.monotonic()
     with run_lock(run_dir):
@@ -68,7 +69,7 @@ def run_arm(cfg: SparkConfig, run_dir: Path, periods: int) -> float:
 
 
 def judge_set_digest(run_dir: Path) -> str:
-    from spark_core.iteration import judge_set_path
+    from spark_core.stages.evaluate import judge_set_path
 
     rows = pq.read_table(judge_set_path(run_dir)).select(["item_id", "prompt", "label"]).to_pylist()
     return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
@@ -113,7 +114,8 @@ def main() -> None:
     args = ap.parse_args()
     from spark_core.machine import describe
     from spark_core.experiment import run_base
-    from spark_core.iteration import judge_set_stage, start_model
+    from spark_core.rundir import start_model
+    from spark_core.stages.evaluate import judge_set_stage
     from spark_core.runlock import run_lock
 
     root, out = Path(args.root), Path(args.out)

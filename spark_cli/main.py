@@ -52,7 +52,7 @@ def prepare(
 ) -> None:
     """Run the first pipeline stage: write the run's `problems` table (skipped when complete)."""
     from spark_core.config import load_config
-    from spark_core.stages import prepare_problems
+    from spark_core.stages.problems import prepare_problems
 
     try:
         cfg = load_config(config)
@@ -72,9 +72,10 @@ def iterate(
     """Run SPARK iterations (policy period, recycle, reward period, checkpoint), continuing the run."""
     from spark_core.checkpoint import CheckpointError
     from spark_core.config import load_config
-    from spark_core.iteration import claim_run, completed_iterations, run_iteration, summary_line
+    from spark_core.iteration import run_iteration, summary_line
+    from spark_core.rundir import claim_run, completed_iterations
     from spark_core.runlock import RunLocked, run_lock
-    from spark_core.stages import prepare_problems
+    from spark_core.stages.problems import prepare_problems
 
     try:
         cfg = load_config(config)

@@ -337,7 +337,7 @@ class EvalConfig(_Section):
 
 
 class CheckpointsConfig(_Section):
-    """Which iteration checkpoints a run keeps on disk (spark_core/iteration.py `finish`)."""
+    """Which iteration checkpoints a run keeps on disk (spark_core/stages/finish.py `finish`)."""
 
     keep_last: int = Field(2, ge=1)
     """The newest this many iteration checkpoints are kept (the next iteration starts from the newest)."""

@@ -81,10 +81,9 @@ def _pick(m: dict) -> dict:
 
 def run_base(cfg: SparkConfig, run_dir: Path) -> dict:
     """Evaluate the base model on the run's held-out data (once; kept in a manifest)."""
-    from spark_core.iteration import (
-        base_model, eval_hash, evaluate_checkpoint, judge_set_stage, open_engine, problems_of,
-    )
-    from spark_core.stages import prepare_problems
+    from spark_core.rundir import base_model, eval_hash, open_engine, problems_of
+    from spark_core.stages.evaluate import evaluate_checkpoint, judge_set_stage
+    from spark_core.stages.problems import prepare_problems
 
     prepare_problems(cfg, run_dir)
     doc = read_manifest(run_dir, "base_eval", None)
@@ -101,9 +100,10 @@ def run_base(cfg: SparkConfig, run_dir: Path) -> dict:
 
 def run_arm(base_cfg: SparkConfig, arm: str, seed: int, n: int, root: Path) -> tuple[dict, Path, SparkConfig]:
     """Run (or finish) one arm for one seed; returns its result row, run directory and config."""
-    from spark_core.iteration import claim_run, completed_iterations, run_iteration
+    from spark_core.iteration import run_iteration
+    from spark_core.rundir import claim_run, completed_iterations
     from spark_core.runlock import run_lock
-    from spark_core.stages import prepare_problems
+    from spark_core.stages.problems import prepare_problems
 
     cfg = arm_config(base_cfg, arm, seed, n)
     run_dir = Path(root) / f"{arm}-seed{seed}"

@@ -2,7 +2,7 @@
 
 Functions decorated with `@timed("component")` add their *exclusive* wall time (their own,
 less that of timed calls inside them) to a process-wide total, keyed by component and by
-whether a stage's work (`timed("stage")`, iteration._run_stage's body) encloses the call. So
+whether a stage's work (`timed("stage")`, rundir.run_stage's body) encloses the call. So
 `stage` is the stages' compute less their model loads, Parquet and manifest I/O, and what the
 flow run's wall time leaves over after every component is Prefect and the flow's own code.
 The cost is two perf_counter calls and a dict update per call (a few hundred per iteration).

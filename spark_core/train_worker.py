@@ -30,7 +30,7 @@ def main(argv: list[str]) -> int:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if cuda else "gloo")
     try:
-        from spark_core.iteration import train_period
+        from spark_core.stages.train import train_period
 
         report: dict = {}
         updates = train_period(cfg, Path(run_dir), int(k), phase, report=report)

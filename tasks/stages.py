@@ -12,12 +12,19 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from spark_core import iteration, tracking
+import spark_core.stages.evaluate  # noqa: F401 (the imports bind stages.<module>)
+import spark_core.stages.finish
+import spark_core.stages.recycle
+import spark_core.stages.rollout
+import spark_core.stages.train
+import spark_core.stages.verify
+import spark_core.stages.warmup  # noqa: F401 (binds stages.warmup)
+from spark_core import stages, tracking
 from spark_core.checkpoint import CheckpointError
 from spark_core.config import SparkConfig
 from spark_core.records import InputError
 from spark_core.runlock import RunLocked
-from spark_core.stages import prepare_problems
+from spark_core.stages.problems import prepare_problems
 
 PERMANENT = (InputError, CheckpointError, RunLocked, FileNotFoundError, ValueError)
 
@@ -43,52 +50,52 @@ def prepare(cfg: SparkConfig, run_dir: Path) -> dict:
 
 @task(name="warmup", task_run_name="warmup-{k}", retries=1, **_common)
 def warmup(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
-    return iteration.warmup_stage(cfg, run_dir, k)
+    return stages.warmup.warmup_stage(cfg, run_dir, k)
 
 
 @task(name="rollout", task_run_name="rollout-{phase}-{k}", retries=1, **_common)
 def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
-    return iteration.rollout(cfg, run_dir, k, phase)
+    return stages.rollout.rollout(cfg, run_dir, k, phase)
 
 
 @task(name="rollout-shard", task_run_name="rollout-{phase}-{k}-shard-{shard}", retries=1, **_common)
 def rollout_shard(cfg: SparkConfig, run_dir: Path, k: int, phase: str, shard: int) -> dict:
-    return iteration.rollout_shard(cfg, run_dir, k, phase, shard)
+    return stages.rollout.rollout_shard(cfg, run_dir, k, phase, shard)
 
 
 @task(name="rollout-merge", task_run_name="rollout-{phase}-{k}-merge", retries=1, **_common)
 def rollout_merge(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
-    return iteration.rollout_merge(cfg, run_dir, k, phase)
+    return stages.rollout.rollout_merge(cfg, run_dir, k, phase)
 
 
 @task(name="verify", task_run_name="verify-{phase}-{k}", retries=1, **_common)
 def verify(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
-    return iteration.verify(cfg, run_dir, k, phase)
+    return stages.verify.verify(cfg, run_dir, k, phase)
 
 
 @task(name="verify-shard", task_run_name="verify-{phase}-{k}-shard-{shard}", retries=1, **_common)
 def verify_shard(cfg: SparkConfig, run_dir: Path, k: int, phase: str, shard: int) -> dict:
-    return iteration.verify_shard(cfg, run_dir, k, phase, shard)
+    return stages.verify.verify_shard(cfg, run_dir, k, phase, shard)
 
 
 @task(name="train", task_run_name="train-{phase}-{k}", retries=1, **_common)
 def train(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
-    return iteration.train(cfg, run_dir, k, phase)
+    return stages.train.train(cfg, run_dir, k, phase)
 
 
 @task(name="recycle", task_run_name="recycle-{k}", retries=1, **_common)
 def recycle(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
-    return iteration.recycle_stage(cfg, run_dir, k)
+    return stages.recycle.recycle_stage(cfg, run_dir, k)
 
 
 @task(name="evaluate", task_run_name="evaluate-{k}", retries=1, **_common)
 def evaluate(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
-    return iteration.evaluate_stage(cfg, run_dir, k)
+    return stages.evaluate.evaluate_stage(cfg, run_dir, k)
 
 
 @task(name="finish", task_run_name="finish-{k}", **_common)
 def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:
-    return iteration.finish(cfg, run_dir, k)
+    return stages.finish.finish(cfg, run_dir, k)
 
 
 @task(name="track", task_run_name="track-{k}", retries=2, **_common)

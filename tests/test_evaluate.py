@@ -148,8 +148,8 @@ def test_run_judge_set_on_the_tiny_model():
 
 
 def test_pipeline_judge_set_never_overlaps_training(tmp_path):
-    from spark_core.iteration import judge_set_stage
-    from spark_core.stages import prepare_problems
+    from spark_core.stages.evaluate import judge_set_stage
+    from spark_core.stages.problems import prepare_problems
 
     cfg_path = tmp_path / "c.yaml"
     cfg_path.write_text((ROOT / "configs" / "tiny.yaml").read_text() + "eval:\n  judge_problems: 20\n")

@@ -100,7 +100,7 @@ def _fault_on(monkeypatch, target, attr, match, nth, err, run):
 ])
 def test_a_disk_fault_fails_one_line_keeps_the_run_and_a_rerun_completes(
         config, unbroken, tmp_path, monkeypatch, where, target, attr, match, nth, err):
-    import spark_core.iteration as iteration
+    import spark_core.stages.train as iteration  # where the checkpoint is saved
 
     run = tmp_path / "run"
     seen = _fault_on(monkeypatch, target or iteration, attr, match, nth, err, run)

@@ -10,7 +10,7 @@ import pytest
 
 from spark_core.checkpoint import load_checkpoint
 from spark_core.config import load_config
-from spark_core.iteration import STAGES, checkpoint_dir, completed_iterations
+from spark_core.rundir import STAGES, checkpoint_dir, completed_iterations
 from spark_core.runlock import RunLocked, run_lock
 from spark_core.store import read_table
 

@@ -9,9 +9,10 @@ from typer.testing import CliRunner
 from spark_core.checkpoint import load_checkpoint
 from spark_cli.main import app
 from spark_core.config import load_config
-from spark_core.iteration import checkpoint_dir, completed_iterations, run_iteration
+from spark_core.iteration import run_iteration
+from spark_core.rundir import checkpoint_dir, completed_iterations
 from spark_core.sql import query
-from spark_core.stages import prepare_problems
+from spark_core.stages.problems import prepare_problems
 from spark_core.store import manifest_path, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,3 +70,17 @@ def test_iterate_cli(tmp_path):
     bad.write_text("model:\n  path: /nonexistent/model\n")
     r = CliRunner().invoke(app, ["iterate", "-c", str(bad), "--run", str(tmp_path / "r2")])
     assert r.exit_code == 2 and "no such model directory" in r.output
+
+
+def test_the_chain_is_defined_once_and_walked_by_both_runners():
+    """spark iterate's calls and the flow's steps come from the one CHAIN, in its order."""
+    import inspect
+
+    from flows import spark_flow
+    from spark_core.config import SparkConfig
+    from spark_core.iteration import STEPS, stage_calls
+    from spark_core.rundir import CHAIN, STAGES
+
+    assert [name for name, _ in stage_calls(SparkConfig(), Path("unused"), 0)] == list(STAGES)
+    assert {step for step, _ in CHAIN} == set(STEPS)
+    assert "CHAIN" in inspect.getsource(spark_flow.iterate)

@@ -63,8 +63,10 @@ def test_label_weighting_in_a_run_is_restart_safe(tmp_path):
     from pathlib import Path
 
     from spark_core.config import SparkConfig
-    from spark_core.iteration import claim_run, run_iteration, verify
-    from spark_core.stages import prepare_problems
+    from spark_core.iteration import run_iteration
+    from spark_core.rundir import claim_run
+    from spark_core.stages.verify import verify
+    from spark_core.stages.problems import prepare_problems
     from spark_core.store import manifest_path, read_manifest, read_table
 
     root = Path(__file__).resolve().parents[1]
@@ -211,8 +213,10 @@ def test_expected_rewards_in_a_run(tmp_path):
     from pathlib import Path
 
     from spark_core.config import SparkConfig
-    from spark_core.iteration import claim_run, run_iteration, stage_calls, verify
-    from spark_core.stages import prepare_problems
+    from spark_core.iteration import run_iteration, stage_calls
+    from spark_core.rundir import claim_run
+    from spark_core.stages.verify import verify
+    from spark_core.stages.problems import prepare_problems
     from spark_core.store import manifest_path, read_manifest, read_table
 
     root = Path(__file__).resolve().parents[1]

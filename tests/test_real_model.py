@@ -146,7 +146,7 @@ def test_one_iteration_through_the_flow(prefect_api, qwen_dir, engine, tmp_path)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flows.spark_flow import spark
-    from spark_core.iteration import checkpoint_dir
+    from spark_core.rundir import checkpoint_dir
     from spark_core.store import read_manifest, read_table
     from spark_core.tracking import tracking_uri
 

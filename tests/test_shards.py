@@ -15,11 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spark_core.config import load_config
-from spark_core.iteration import (
-    FAULT_ENV, read_samples, run_iteration, samples_path, shard_range, shard_stage, verify_shard_stage,
-)
+from spark_core.iteration import run_iteration
+from spark_core.rundir import FAULT_ENV, samples_path
+from spark_core.stages.rollout import shard_range, shard_stage
+from spark_core.stages.samples import read_samples
+from spark_core.stages.verify import verify_shard_stage
 from spark_core.periods import score
-from spark_core.stages import prepare_problems
+from spark_core.stages.problems import prepare_problems
 from spark_core.store import manifest_path, read_manifest, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +88,7 @@ def test_local_shards_are_reproducible_and_a_killed_shard_is_redone_alone(tmp_pa
     # shard 1 of the policy rollout is SIGKILLed after writing its part, before its manifest
     script = textwrap.dedent(f"""
         from spark_core.config import load_config
-        from spark_core.iteration import rollout_shard
+        from spark_core.stages.rollout import rollout_shard
         cfg = load_config({str(_config(tmp_path))!r})
         rollout_shard(cfg, {str(killed)!r}, 0, "policy", 0)
         rollout_shard(cfg, {str(killed)!r}, 0, "policy", 1)

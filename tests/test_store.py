@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from spark_cli.main import app
 from spark_core.config import ProblemsConfig, SparkConfig
 from spark_core.sql import SqlError, query, views_sql
-from spark_core.stages import prepare_problems
+from spark_core.stages.problems import prepare_problems
 from spark_core.store import (
     SCHEMAS,
     StoreError,

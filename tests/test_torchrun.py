@@ -10,8 +10,12 @@ import torch
 
 from spark_core.checkpoint import load_checkpoint
 from spark_core.config import load_config
-from spark_core.iteration import FAULT_ENV, checkpoint_dir, recycle_stage, rollout, train, verify
-from spark_core.stages import prepare_problems
+from spark_core.rundir import FAULT_ENV, checkpoint_dir
+from spark_core.stages.recycle import recycle_stage
+from spark_core.stages.rollout import rollout
+from spark_core.stages.train import train
+from spark_core.stages.verify import verify
+from spark_core.stages.problems import prepare_problems
 from spark_core.store import manifest_path, read_table
 
 ROOT = Path(__file__).resolve().parents[1]

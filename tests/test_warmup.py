@@ -110,9 +110,10 @@ def _warm_cfg(tmp_path):
 
 
 def test_the_warmup_is_made_once_and_found_by_its_hash(tmp_path, monkeypatch):
-    from spark_core.iteration import base_model, start_model, warmup_stage
+    from spark_core.rundir import base_model, start_model
+    from spark_core.stages.warmup import warmup_stage
     from spark_core.shared_warmup import is_complete, warmup_key
-    from spark_core.stages import prepare_problems
+    from spark_core.stages.problems import prepare_problems
 
     root = tmp_path / "warmups"
     monkeypatch.setenv("SPARK_WARMUP_DIR", str(root))
