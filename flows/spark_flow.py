@@ -124,7 +124,7 @@ def run_shards(cfg, shard_task, run_dir: Path, k: int, phase: str, gpus: bool = 
         from flows.runners import ShardFailed, shard_error
 
         gpu = (cfg.ray.gpus_per_shard or None) if gpus else None
-        with remote_options(num_cpus=cfg.ray.cpus_per_shard, num_gpus=gpu):
+        with remote_options(num_cpus=cfg.ray.cpus_per_shard, num_gpus=gpu, max_retries=cfg.ray.worker_retries):
             futures = [shard_task.submit(cfg, run_dir, k, phase, i) for i in range(shards)]
         errors = []
         for i, f in enumerate(futures):  # wait for all: the shards that succeed keep their parts

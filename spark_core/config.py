@@ -165,6 +165,8 @@ class RayConfig(_Section):
     """CPUs each shard reserves (Ray also sets its OMP_NUM_THREADS to this)."""
     gpus_per_shard: float = Field(0.0, ge=0)
     """GPUs each shard reserves (`remote_options(num_gpus=...)`); 0 on a CPU cluster."""
+    worker_retries: int = Field(0, ge=0)
+    """Times Ray re-runs a shard whose worker process died (Ray's `max_retries`; its default 3 re-ran a crashing shard for minutes). 0: the stage fails at once with one line naming the shard, and the next flow run redoes that shard only."""
 
 
 class LoraConfig(_Section):
