@@ -53,7 +53,8 @@ def worker_env(cfg: SparkConfig, api_url: str) -> dict[str, str]:
 
     threads = str(max(1, int(cfg.ray.cpus_per_shard)))
     return {"PREFECT_API_URL": api_url, "PREFECT_SERVER_EPHEMERAL_ENABLED": "false",
-            "PREFECT_HOME": str(Path(PREFECT_HOME.value()).expanduser().resolve()), "PREFECT_LOGGING_LEVEL": str(PREFECT_LOGGING_LEVEL.value()),
+            "PREFECT_HOME": str(Path(PREFECT_HOME.value()).expanduser().resolve()),
+            "PREFECT_LOGGING_LEVEL": str(PREFECT_LOGGING_LEVEL.value()),
             "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -86,14 +87,11 @@ def ray_task_runner(cfg: SparkConfig, env: dict[str, str] | None = None):
     except ImportError as e:
         raise ValueError("runner: ray needs prefect-ray and ray: pip install -e '.[ray]'") from e
     r = cfg.ray
-    runtime_env = {"env_vars": dict(env)} if env else None
+    job = {"runtime_env": {"env_vars": dict(env)}} if env else {}
     if r.address:
-        return RayTaskRunner(address=r.address, init_kwargs={"runtime_env": runtime_env} if runtime_env else {})
-    kwargs = {"num_cpus": r.num_cpus, "object_store_memory": r.object_store_mb * 2**20,
-              "include_dashboard": False, "log_to_driver": True}
-    if runtime_env:
-        kwargs["runtime_env"] = runtime_env
-    return RayTaskRunner(init_kwargs=kwargs)
+        return RayTaskRunner(address=r.address, init_kwargs=job)
+    return RayTaskRunner(init_kwargs={"num_cpus": r.num_cpus, "object_store_memory": r.object_store_mb * 2**20,
+                                      "include_dashboard": False, "log_to_driver": True} | job)
 
 
 def shard_error(stage: str, shard: int, shards: int, exc: BaseException) -> str:

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger
 
 from spark_core.config import load_config
 from spark_core.iteration import summary_line
-from spark_core.rundir import CHAIN, claim_run, completed_iterations, resolve_path
+from spark_core.rundir import CHAIN, claim_run, completed_iterations, resolve_path, stage_name
 from spark_core.runlock import run_lock
 from spark_core.tracking import default_data_dir, ui_command
 from tasks import stages
@@ -101,7 +101,7 @@ def rollout(cfg, run_dir: Path, k: int, phase: str) -> None:
     if cfg.rollout.shards == 1:
         stages.rollout(cfg, run_dir, k, phase)
         return
-    run_shards(cfg, stages.rollout_shard, run_dir, k, phase)
+    run_shards(cfg, "rollout", stages.rollout_shard, run_dir, k, phase)
     stages.rollout_merge(cfg, run_dir, k, phase)
 
 
@@ -109,11 +109,11 @@ def verify(cfg, run_dir: Path, k: int, phase: str) -> None:
     """Stage verify_<phase>: with `rollout.shards` > 1 the verdicts of each shard's samples are
     shard tasks first (on Ray side by side, CPUs only), then the stage scores them together."""
     if cfg.rollout.shards > 1:
-        run_shards(cfg, stages.verify_shard, run_dir, k, phase, gpus=False)
+        run_shards(cfg, "verify", stages.verify_shard, run_dir, k, phase, gpus=False)
     stages.verify(cfg, run_dir, k, phase)
 
 
-def run_shards(cfg, shard_task, run_dir: Path, k: int, phase: str, gpus: bool = True) -> None:
+def run_shards(cfg, step: str, shard_task, run_dir: Path, k: int, phase: str, gpus: bool = True) -> None:
     """Every shard of a stage: on Ray submitted together (the CPUs and, for sampling, GPUs of
     `ray` per shard), raising the first failure; locally one after another in this process
     (two models in one process buy nothing here)."""
@@ -126,16 +126,16 @@ def run_shards(cfg, shard_task, run_dir: Path, k: int, phase: str, gpus: bool = 
         gpu = (cfg.ray.gpus_per_shard or None) if gpus else None
         with remote_options(num_cpus=cfg.ray.cpus_per_shard, num_gpus=gpu, max_retries=cfg.ray.worker_retries):
             futures = [shard_task.submit(cfg, run_dir, k, phase, i) for i in range(shards)]
-        errors = []
+        failed = None
         for i, f in enumerate(futures):  # wait for all: the shards that succeed keep their parts
             try:
                 f.result()
             except Exception as e:  # a task's own error, or Ray's when the worker died
-                errors.append((i, e))
-        if errors:
-            i, e = errors[0]
-            stage = f"{shard_task.name.split('-')[0]}_{phase} (iteration {k})"
-            raise ShardFailed(shard_error(stage, i, shards, e)) from e
+                failed = failed or (i, e)
+        if failed:
+            i, e = failed
+            where = f"{stage_name(step, phase)} (iteration {k})"
+            raise ShardFailed(shard_error(where, i, shards, e)) from e
     else:
         for i in range(shards):
             shard_task(cfg, run_dir, k, phase, i)
