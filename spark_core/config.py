@@ -280,6 +280,9 @@ class WarmupConfig(_Section):
     """Examples per optimizer step."""
     check_samples: int = Field(2, ge=1)
     """Responses per prompt in the parse-rate check after the pass (same prompts, new seed)."""
+    balance_verdicts: bool = False
+    """Judge examples take, where a prompt's samples offer it, the verdict trained least so far
+    (the model's own verdicts, never the label), so the pass does not teach one verdict for all."""
 
 
 class SparkMethodConfig(_Section):
@@ -393,6 +396,9 @@ class SparkConfig(_Section):
 _LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": None, "ray": None,
                 "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes", "fsdp", "lora"),
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward", "format_penalty")}
+# Fields added to a section after the section itself: dropped at their defaults where the
+# section stays (a run made before keeps its hash, and a shared warm-up its key).
+_LATER_FIELDS = {"warmup": ("balance_verdicts",)}
 
 
 def stable_resolved(cfg: "SparkConfig") -> dict:
@@ -407,6 +413,10 @@ def stable_resolved(cfg: "SparkConfig") -> dict:
             for f in fields:
                 if data[section].get(f) == default[section][f]:
                     data[section].pop(f)
+    for section, fields in _LATER_FIELDS.items():
+        for f in fields if section in data else ():
+            if data[section].get(f) == default[section][f]:
+                data[section].pop(f)
     return data
 
 

@@ -20,7 +20,7 @@ import json
 import os
 from pathlib import Path
 
-from spark_core.config import SparkConfig, config_hash
+from spark_core.config import SparkConfig, config_hash, stable_resolved
 
 ENV_DIR = "SPARK_WARMUP_DIR"
 INFO = "warmup.json"
@@ -54,7 +54,7 @@ def warmup_key(cfg: SparkConfig, base: Path) -> str:
     """The hash of everything the warm-up of `cfg` on model folder `base` depends on."""
     r, t, sp = cfg.rollout.model_dump(mode="json"), cfg.train.model_dump(mode="json"), cfg.spark.model_dump(mode="json")
     return config_hash({
-        "model": model_fingerprint(base), "seed": cfg.seed, "warmup": cfg.warmup.model_dump(mode="json"),
+        "model": model_fingerprint(base), "seed": cfg.seed, "warmup": stable_resolved(cfg).get("warmup", cfg.warmup.model_dump(mode="json")),
         "problems": cfg.problems.model_dump(mode="json"), "problem_file": _file_digest(cfg.problems.source),
         "prompts": cfg.prompts.model_dump(mode="json"), "rollout": {k: r[k] for k in _ROLLOUT},
         "train": {k: t[k] for k in _TRAIN}, "spark": {k: sp[k] for k in _SPARK},

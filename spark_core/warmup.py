@@ -14,8 +14,9 @@ samples (rejection sampling), and never a verdict from a label:
    samples responses to `judge_prompts` of them, and each prompt contributes one response
    whose verdict can be read leniently (a box, else the last `Yes`/`No`, `A`/`B` it states),
    rewritten to end in that *same* verdict boxed. Which verdict does not depend on the label,
-   so the pass cannot teach judging, only where the verdict goes. Reflection prompts are
-   treated like solve prompts (correct answers, boxed);
+   so the pass cannot teach judging, only where the verdict goes (`balance_verdicts`: among
+   its own verdicts, the one trained least so far, so that it does not learn one verdict for
+   all). Reflection prompts are treated like solve prompts (correct answers, boxed);
 4. `epochs` passes of token-mean negative log-likelihood (AdamW at `lr`; state not kept);
 5. the parse rates again, on the same prompts with a new seed.
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import random
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -107,18 +109,50 @@ def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rn
     return out
 
 
-def judge_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random) -> list[Example]:
+def judge_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random,
+                   balance: bool = False) -> list[Example]:
     """At most one example per judge prompt: a finished response whose own verdict is readable,
-    ending in that verdict boxed (the label is only used to know the options)."""
-    out = []
+    ending in that verdict boxed (the label is only used to know the options).
+
+    `balance` (`warmup.balance_verdicts`): the prompts are visited in a random order and each
+    takes, where its responses offer one, a verdict trained on least so far. Still only the
+    model's own verdicts and never the label; without it the pass trains the model's usual
+    verdict on every prompt and leaves it giving that one verdict always, and a GRPO group whose
+    responses all agree has no advantage to learn from."""
+    readable = []
     for t, g in zip(tasks, groups):
         ok = [(s, lenient_verdict(s.text, t.label)) for s in g if s.finish_reason == "stop"]
-        ok = [(s, v) for s, v in ok if v is not None]
-        if ok:
-            s, v = rng.choice(ok)
-            target = boxed_text(s.text, v) if verdict_of(s.text) is None else s.text
-            out.append(Example(t.kind, t.prompt_id, t.prompt, s.text, target, target != s.text))
-    return out
+        readable.append([(s, v) for s, v in ok if v is not None])
+    given = Counter(v for ok in readable for _, v in ok)  # ties go to the verdict the model gives least
+    chosen: dict[int, Example] = {}
+    counts: Counter[str] = Counter()
+    order = list(range(len(tasks)))
+    if balance:
+        rng.shuffle(order)
+    for i in order:
+        t, ok = tasks[i], readable[i]
+        if not ok:
+            continue
+        if balance:
+            least = min((counts[v], given[v]) for _, v in ok)
+            ok = [(s, v) for s, v in ok if (counts[v], given[v]) == least]
+        s, v = rng.choice(ok)
+        counts[v] += 1
+        target = boxed_text(s.text, v) if verdict_of(s.text) is None else s.text
+        chosen[i] = Example(t.kind, t.prompt_id, t.prompt, s.text, target, target != s.text)
+    return [chosen[i] for i in sorted(chosen)]
+
+
+def verdict_shares(tasks: Sequence[Task], texts: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Share of `Yes` among the boxed pointwise verdicts and of `A` among the pairwise ones
+    (`pointwise_share_yes`, `pairwise_share_a`; a kind without a boxed verdict is left out)."""
+    m: dict[str, float] = {}
+    for name, kind, first in (("pointwise_share_yes", "pointwise", "yes"), ("pairwise_share_a", "pairwise", "a")):
+        got = [verdict_of(x) for t, g in zip(tasks, texts) if t.kind == kind for x in g]
+        got = [v for v in got if v is not None]
+        if got:
+            m[name] = sum(v == first for v in got) / len(got)
+    return m
 
 
 def recycled_judge_tasks(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], n: int, seed: int,
@@ -158,4 +192,4 @@ def training_sequences(examples: Sequence[Example], encode, tokenizer, eos_id: i
 
 
 __all__ = ["Example", "boxed_text", "judge_examples", "lenient_verdict", "parse_rates", "recycled_judge_tasks",
-           "solve_examples", "solve_tasks", "strict_parsed", "training_sequences", "warmup_problems"]
+           "solve_examples", "solve_tasks", "strict_parsed", "training_sequences", "verdict_shares", "warmup_problems"]

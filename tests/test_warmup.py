@@ -69,6 +69,40 @@ def test_judge_examples_keep_the_models_own_verdict_not_the_label():
     assert judge_examples([task], [[_s("Hmm"), _s("Yes", finish="length")]], random.Random(0)) == []
 
 
+def test_balanced_judge_examples_take_the_verdict_trained_least():
+    """`warmup.balance_verdicts`: a model that mostly says No is trained on its own Yes where it
+    gave one, never on a verdict it did not give; off, the choice is as before."""
+    tasks = [Task(f"j{i}", "pointwise", f"Is {i} right?", "Yes" if i % 2 else "No") for i in range(6)]
+    groups = [[_s("No"), _s("No.", i=1), _s("Yes" if i < 3 else "No", i=2)] for i in range(6)]
+    plain = judge_examples(tasks, groups, random.Random(0))
+    assert [e.prompt_id for e in plain] == [f"j{i}" for i in range(6)]
+    balanced = judge_examples(tasks, groups, random.Random(0), balance=True)
+    verdicts = {e.prompt_id: e.target.endswith("\\boxed{Yes}.") for e in balanced}
+    assert [e.prompt_id for e in balanced] == [f"j{i}" for i in range(6)]  # in the prompts' order
+    assert sum(verdicts.values()) >= 2 and not any(verdicts[f"j{i}"] for i in range(3, 6))
+    # a verdict the model gave on one prompt only is the one trained there
+    lone = [[_s("No"), _s("Yes" if i == 4 else "No.", i=1)] for i in range(6)]
+    for seed in range(5):
+        got = judge_examples(tasks, lone, random.Random(seed), balance=True)
+        assert [e.target.endswith("\\boxed{Yes}.") for e in got] == [i == 4 for i in range(6)]
+    assert judge_examples(tasks, groups, random.Random(0)) == plain  # off: unchanged, seeded
+
+
+def test_balance_verdicts_at_its_default_keeps_hashes_and_warmup_keys(tmp_path):
+    from spark_core.config import stable_resolved
+    from spark_core.shared_warmup import warmup_key
+
+    on = SparkConfig.model_validate({"warmup": {"enabled": True}})
+    before = {k: v for k, v in on.warmup.model_dump(mode="json").items() if k != "balance_verdicts"}
+    assert stable_resolved(on)["warmup"] == before  # what the hash and the warm-up key saw before the field
+    balanced = SparkConfig.model_validate({"warmup": {"enabled": True, "balance_verdicts": True}})
+    assert balanced.hash() != on.hash()
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    assert warmup_key(on, model) != warmup_key(balanced, model)
+
+
 def test_solve_examples_are_correct_finished_and_boxed():
     task = Task("p1", "solve", "3+54 ...", "57", "3+54")
     groups = [[_s("3 + 54 equals 57."), _s("It is 58."), _s("3+54=57. \\boxed{57}", finish="length")]]

@@ -87,7 +87,7 @@ def _make_warmup(cfg: SparkConfig, run_dir: Path, base: Path, shared: Path, key:
     judg = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind != "reflection"]
     examples = (warmup.solve_examples(tasks, groups, rng)
                 + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng)
-                + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng))
+                + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng, w.balance_verdicts))
     if not examples:
         raise ValueError("warm-up: no sampled response was usable (none correct and finished, no readable "
                          "verdict); raise warmup.samples or rollout.max_new_tokens, or choose another prompts.solve")
@@ -117,6 +117,10 @@ def _make_warmup(cfg: SparkConfig, run_dir: Path, base: Path, shared: Path, key:
     after = warmup.parse_rates(tasks + jtasks, after_groups + after_jgroups)
     pq.write_table(pa.Table.from_pylist([asdict(e) for e in examples]), tmp / shared_warmup.EXAMPLES)
     metrics = {f"{m}_before": v for m, v in before.items()} | {f"{m}_after": v for m, v in after.items()}
+    shares = lambda gs: warmup.verdict_shares(jtasks, [[s.text for s in g] for g in gs])
+    metrics |= {f"{m}_before": v for m, v in shares(jgroups).items()} | {f"{m}_after": v for m, v in shares(after_jgroups).items()}
+    jex = [e for e in examples if e.kind in ("pointwise", "pairwise")]
+    metrics |= {f"{m}_examples": v for m, v in warmup.verdict_shares(jex, [[e.target] for e in jex]).items()}
     metrics |= {f"examples_{kind}": n for kind, n in Counter(e.kind for e in examples).items()}
     metrics["rewritten_share"] = sum(e.rewritten for e in examples) / len(examples)
     losses = [u["loss"] for u in updates if not u["skipped"]]
