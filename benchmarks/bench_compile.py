@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from spark_core.checkpoint import load_checkpoint
-from spark_core.trainer import Sequence_, Trainer, TrainSettings
+from spark_core.model.checkpoint import load_checkpoint
+from spark_core.model.trainer import Sequence_, Trainer, TrainSettings
 
 
 def batch(vocab: int, n: int = 64, seed: int = 0) -> list[Sequence_]:

@@ -42,8 +42,8 @@ def one_case(case: str, batch: int, length: int, threads: int) -> dict:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from spark_core.grpo import token_entropy, token_logprobs
-    from spark_core.logits import response_stats
+    from spark_core.maths.grpo import token_entropy, token_logprobs
+    from spark_core.model.logits import response_stats
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -34,10 +34,10 @@ import yaml  # noqa: E402
 
 from flows.local import api_or_ephemeral  # noqa: E402
 from flows.spark_flow import spark  # noqa: E402
-from spark_core.checkpoint import build_model, build_tokenizer, save_checkpoint  # noqa: E402
+from spark_core.model.checkpoint import build_model, build_tokenizer, save_checkpoint  # noqa: E402
 from spark_core.config import TinyModelConfig, load_config  # noqa: E402
 from spark_core.rundir import STAGES  # noqa: E402
-from spark_core.store import read_manifest  # noqa: E402
+from spark_core.data.store import read_manifest  # noqa: E402
 from spark_core import timing  # noqa: E402
 
 LARGER = {"hidden": 256, "layers": 8, "heads": 8, "intermediate": 1024, "max_positions": 256}

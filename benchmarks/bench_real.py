@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.periods import score, solve_tasks, training_batch
-from spark_core.problems import load_problems
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.trainer import Trainer, TrainSettings
+from spark_core.data.problems import load_problems
+from spark_core.model.rollout import HFEngine, SamplingSpec
+from spark_core.model.trainer import Trainer, TrainSettings
 
 
 def generated_tokens(rows: list[list[int]], eos: set[int]) -> int:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from spark_core.checkpoint import build_model, build_tokenizer, chat_prompt, load_checkpoint
+from spark_core.model.checkpoint import build_model, build_tokenizer, chat_prompt, load_checkpoint
 from spark_core.config import SparkConfig
-from spark_core.problems import generate_problems
-from spark_core.rollout import HFEngine, SamplingSpec
+from spark_core.data.problems import generate_problems
+from spark_core.model.rollout import HFEngine, SamplingSpec
 
 PROMPTS, GROUP, MAX_NEW, REPEATS = 64, 8, 48, 3
 

@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 
 from flows.local import api_or_ephemeral  # noqa: E402
 from flows.spark_flow import spark  # noqa: E402
-from spark_core.store import read_manifest  # noqa: E402
+from spark_core.data.store import read_manifest  # noqa: E402
 
 PLACEMENTS = {
     "baseline": {},

@@ -33,14 +33,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spark_core.checkpoint import load_checkpoint  # noqa: E402
+from spark_core.model.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import SparkConfig, load_config  # noqa: E402
-from spark_core.evaluate import policy_metrics  # noqa: E402
+from spark_core.evaluation.evaluate import policy_metrics  # noqa: E402
 from spark_core.rundir import policy_problems  # noqa: E402
 from spark_core.periods import run_period, solve_tasks  # noqa: E402
-from spark_core.problems import generate_problems  # noqa: E402
-from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
-from spark_core.trainer import Trainer, TrainSettings  # noqa: E402
+from spark_core.data.problems import generate_problems  # noqa: E402
+from spark_core.model.rollout import HFEngine, SamplingSpec  # noqa: E402
+from spark_core.model.trainer import Trainer, TrainSettings  # noqa: E402
 from spark_core.verify import verify_response  # noqa: E402
 
 

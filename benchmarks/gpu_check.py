@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spark_core.checkpoint import build_model, build_tokenizer, save_checkpoint  # noqa: E402
+from spark_core.model.checkpoint import build_model, build_tokenizer, save_checkpoint  # noqa: E402
 from spark_core.config import TinyModelConfig, load_config  # noqa: E402
 from spark_core.iteration import run_iteration  # noqa: E402
 from spark_core.stages.problems import prepare_problems  # noqa: E402

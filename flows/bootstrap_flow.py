@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.spark_flow import DEFAULT_CONFIG
-from spark_core.bootstrap import bootstrap as build
+from spark_core.model.bootstrap import bootstrap as build
 from spark_core.config import load_config
 from spark_core.rundir import resolve_path
 

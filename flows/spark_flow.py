@@ -155,7 +155,7 @@ if __name__ == "__main__":
     ap.add_argument("--data-dir", default=None)
     a = ap.parse_args()
     from flows.runners import ShardFailed
-    from spark_core.checkpoint import CheckpointError
+    from spark_core.model.checkpoint import CheckpointError
     from spark_core.runlock import RunLocked
 
     try:

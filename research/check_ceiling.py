@@ -30,11 +30,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spark_core.bootstrap import ONE_STEP, inverse_check  # noqa: E402
-from spark_core.checkpoint import load_checkpoint  # noqa: E402
+from spark_core.model.bootstrap import ONE_STEP, inverse_check  # noqa: E402
+from spark_core.model.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
-from spark_core.problems import generate_problems  # noqa: E402
-from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
+from spark_core.data.problems import generate_problems  # noqa: E402
+from spark_core.model.rollout import HFEngine, SamplingSpec  # noqa: E402
 from spark_core.verify import extract_answer  # noqa: E402
 
 def answers(engine, questions: list[str], g: int, seed: int) -> list[list[str | None]]:

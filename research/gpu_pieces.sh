@@ -15,7 +15,7 @@ MODEL=${1:-qwen2.5-coder-0.5b-instruct}
 PIECE_MIB=${PIECE_MIB:-55}
 PY=${PY:-.venv/bin/python}
 gguf=$("$PY" -c "
-from spark_core.models import REGISTRY, cache_dir
+from spark_core.model.models import REGISTRY, cache_dir
 print(cache_dir() / '$MODEL' / REGISTRY['$MODEL'].filename)")
 if [[ ! -f "$gguf" ]]; then
   echo "no joined GGUF at $gguf: run .venv/bin/spark model fetch $MODEL first" >&2

@@ -19,7 +19,7 @@ ARMS=${ARMS:-base grpo_policy spark_safeguarded spark_expected}
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 start=$(date +%s)
 python3 research/real_experiment.py --join "$PIECES" "$MODEL" /tmp/model.gguf 2>&1 | tee "$OUT/join.txt" || exit 2
-ct=$(python3 -c "from spark_core.models import REGISTRY; print(REGISTRY['$MODEL'].chat_template or '')")
+ct=$(python3 -c "from spark_core.model.models import REGISTRY; print(REGISTRY['$MODEL'].chat_template or '')")
 python3 -m spark_cli.main model import /tmp/model.gguf --out "data/models/$MODEL" ${ct:+--chat-template "$ct"} 2>&1 \
   | tee "$OUT/import.txt" || exit 3
 echo "model ready in $(( $(date +%s) - start )) s" | tee -a "$OUT/import.txt"

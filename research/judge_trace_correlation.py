@@ -7,12 +7,12 @@ comparison says "all equal" while the label is No), against near-miss wrong answ
 by `bootstrap.near_miss`. Run: `.venv/bin/python research/judge_trace_correlation.py`.
 """
 import re, random
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.config import SparkConfig
-from spark_core.problems import generate_problems
-from spark_core.rollout import HFEngine, SamplingSpec
+from spark_core.data.problems import generate_problems
+from spark_core.model.rollout import HFEngine, SamplingSpec
 from spark_core.verify import verify_response
-from spark_core.templates import templates
+from spark_core.judge.templates import templates
 def main(argv=None):
     cfg = SparkConfig()
     model, tok = load_checkpoint("data/tiny-model"); eng = HFEngine(model, tok)
@@ -37,7 +37,7 @@ def main(argv=None):
             same += trace == c; right_trace += trace == p.answer
     print(f"judge traces on own wrong answers: {n}; trace recomputes the same wrong value {same/n:.2f}; trace gets it right {right_trace/n:.2f}")
     # compare with near-miss (synthetic) wrong answers
-    from spark_core.bootstrap import near_miss
+    from spark_core.model.bootstrap import near_miss
     rng = random.Random(0)
     syn = [(p, str(near_miss(int(p.answer), rng))) for p in probs]
     out = eng.generate([tpl.render(question=p.question, candidate=c) for p, c in syn], SamplingSpec(group_size=4, max_new_tokens=96, seed=3))

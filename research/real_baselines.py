@@ -41,9 +41,9 @@ def main() -> None:
     import torch
 
     from spark_core.config import load_config
-    from spark_core.evaluate import build_judge_set, policy_metrics, run_judge_set, sample_groups
-    from spark_core.evaluate_file import benchmark_problems
-    from spark_core.rollout import HFEngine
+    from spark_core.evaluation.evaluate import build_judge_set, policy_metrics, run_judge_set, sample_groups
+    from spark_core.evaluation.evaluate_file import benchmark_problems
+    from spark_core.model.rollout import HFEngine
 
     torch.set_num_threads(a.threads)
     cfg = load_config(a.config)

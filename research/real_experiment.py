@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 def join_pieces(pieces: Path, name: str, dest: Path) -> Path:
     """Concatenate `pieces/piece-*` (in name order) into `dest` and check it against the
     registry's size and SHA-256 for `name`; ValueError naming what differs."""
-    from spark_core.models import REGISTRY
+    from spark_core.model.models import REGISTRY
 
     spec = REGISTRY[name]
     parts = sorted(Path(pieces).glob("piece-*"))

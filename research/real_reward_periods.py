@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_core.config import SparkConfig, load_config
-from spark_core.store import read_manifest, read_table
+from spark_core.data.store import read_manifest, read_table
 
 OPTIONS = {"hard": {}, "weighted": {"label_weighting": "inv_sqrt_ema"}, "expected": {"judge_reward": "expected"},
            "format": {"format_penalty": 0.5}}

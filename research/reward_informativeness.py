@@ -24,13 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spark_core.bootstrap import inverse_check  # noqa: E402
-from spark_core.checkpoint import load_checkpoint  # noqa: E402
+from spark_core.model.bootstrap import inverse_check  # noqa: E402
+from spark_core.model.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import SparkConfig  # noqa: E402
 from spark_core.periods import groups_for_recycling, run_period, solve_tasks  # noqa: E402
-from spark_core.problems import Problem, generate_problems  # noqa: E402
-from spark_core.recycle import recycle  # noqa: E402
-from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
+from spark_core.data.problems import Problem, generate_problems  # noqa: E402
+from spark_core.judge.recycle import recycle  # noqa: E402
+from spark_core.model.rollout import HFEngine, SamplingSpec  # noqa: E402
 
 INVERSE = re.compile(r"(-?\d+)([+-])(\d+)=(-?\d+)\. (-?\d+) vs (-?\d+):")
 COMPARE = re.compile(r"(-?\d+) vs (-?\d+):")

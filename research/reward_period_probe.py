@@ -14,20 +14,20 @@ import copy
 import random
 import time
 
-from spark_core.bootstrap import judge_metrics, judge_set, near_miss_rollouts
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.bootstrap import judge_metrics, judge_set, near_miss_rollouts
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.config import SparkConfig
-from spark_core.evaluate import build_judge_set, run_judge_set, sample_groups
+from spark_core.evaluation.evaluate import build_judge_set, run_judge_set, sample_groups
 from spark_core.periods import (
     groups_for_recycling,
     judge_tasks,
     run_period,
     solve_tasks,
 )
-from spark_core.problems import fresh_problems, generate_problems
-from spark_core.recycle import recycle, select_batch
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.trainer import Trainer, TrainSettings
+from spark_core.data.problems import fresh_problems, generate_problems
+from spark_core.judge.recycle import recycle, select_batch
+from spark_core.model.rollout import HFEngine, SamplingSpec
+from spark_core.model.trainer import Trainer, TrainSettings
 
 
 def main() -> None:

@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT / "research"))
 
 from check_ceiling import ONE_STEP, ceilings, held_out_one_step, print_ceilings  # noqa: E402
 
-from spark_core.bootstrap import inverse_problem, train_sft  # noqa: E402
-from spark_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from spark_core.model.bootstrap import inverse_problem, train_sft  # noqa: E402
+from spark_core.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
-from spark_core.problems import fresh_problems, generate_problems  # noqa: E402
-from spark_core.rollout import HFEngine  # noqa: E402
+from spark_core.data.problems import fresh_problems, generate_problems  # noqa: E402
+from spark_core.model.rollout import HFEngine  # noqa: E402
 
 
 def main() -> None:

@@ -10,11 +10,11 @@ Run: `.venv/bin/python research/verdict_by_trace.py CHECKPOINT [CHECKPOINT ...]`
 """
 import sys, math, collections
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1]))
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.config import load_config
-from spark_core.evaluate import build_judge_set, greedy, sample_groups, verdict_logodds
-from spark_core.problems import generate_problems
-from spark_core.rollout import HFEngine
+from spark_core.evaluation.evaluate import build_judge_set, greedy, sample_groups, verdict_logodds
+from spark_core.data.problems import generate_problems
+from spark_core.model.rollout import HFEngine
 import torch
 def main(argv=None):
     torch.set_num_threads(2)

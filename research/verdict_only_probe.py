@@ -26,15 +26,15 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spark_core.checkpoint import load_checkpoint  # noqa: E402
+from spark_core.model.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
-from spark_core.evaluate import build_judge_set, run_judge_set, sample_groups  # noqa: E402
+from spark_core.evaluation.evaluate import build_judge_set, run_judge_set, sample_groups  # noqa: E402
 from spark_core.rundir import policy_problems  # noqa: E402
 from spark_core.periods import groups_for_recycling, judge_tasks, score, solve_tasks  # noqa: E402
-from spark_core.problems import generate_problems  # noqa: E402
-from spark_core.recycle import recycle, select_batch  # noqa: E402
-from spark_core.rollout import HFEngine, SamplingSpec  # noqa: E402
-from spark_core.trainer import Sequence_, Trainer, TrainSettings  # noqa: E402
+from spark_core.data.problems import generate_problems  # noqa: E402
+from spark_core.judge.recycle import recycle, select_batch  # noqa: E402
+from spark_core.model.rollout import HFEngine, SamplingSpec  # noqa: E402
+from spark_core.model.trainer import Sequence_, Trainer, TrainSettings  # noqa: E402
 
 BOX = list("\\boxed{".encode())
 

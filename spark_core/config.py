@@ -15,7 +15,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from spark_core.records import InputError
+from spark_core.data.records import InputError
 
 
 class _Section(BaseModel):
@@ -88,7 +88,7 @@ class TinyModelConfig(_Section):
 
 
 class BootstrapConfig(_Section):
-    """Supervised training of the tiny warm-start model (spark_core/bootstrap.py)."""
+    """Supervised training of the tiny warm-start model (spark_core/model/bootstrap.py)."""
 
     model: TinyModelConfig = TinyModelConfig()
     """Architecture."""
@@ -128,7 +128,7 @@ class ModelConfig(_Section):
 
 
 class RolloutConfig(_Section):
-    """Sampling responses (spark_core/rollout.py)."""
+    """Sampling responses (spark_core/model/rollout.py)."""
 
     engine: Literal["hf", "vllm"] = "hf"
     """`hf` (CPU or GPU) or `vllm` (GPU, optional extra)."""
@@ -170,7 +170,7 @@ class RayConfig(_Section):
 
 
 class LoraConfig(_Section):
-    """Low-rank adapters (peft) instead of full fine-tuning (spark_core/lora.py)."""
+    """Low-rank adapters (peft) instead of full fine-tuning (spark_core/model/lora.py)."""
 
     rank: int = Field(8, ge=1)
     """r: rank of each adapter's two factors."""
@@ -189,7 +189,7 @@ class LoraConfig(_Section):
 
 
 class TrainConfig(_Section):
-    """GRPO optimisation (spark_core/grpo.py, spark_core/trainer.py)."""
+    """GRPO optimisation (spark_core/maths/grpo.py, spark_core/model/trainer.py)."""
 
     lr: float = Field(1e-4, gt=0)
     """AdamW learning rate (betas 0.9/0.95, weight decay 0)."""
@@ -244,7 +244,7 @@ class TrainConfig(_Section):
 
 
 class PromptsConfig(_Section):
-    """How problems are put to the model (spark_core/prompts.py)."""
+    """How problems are put to the model (spark_core/data/prompts.py)."""
 
     solve: str = "bare"
     """Solve prompt: a preset (`bare`: the question alone, the tiny model's format; `concise`,
@@ -254,14 +254,14 @@ class PromptsConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "PromptsConfig":
-        from spark_core.prompts import solve_template
+        from spark_core.data.prompts import solve_template
 
         solve_template(self.solve)  # ValueError names the presets
         return self
 
 
 class WarmupConfig(_Section):
-    """Format warm-up before iteration 0 (spark_core/warmup.py): a short supervised pass on the
+    """Format warm-up before iteration 0 (spark_core/model/warmup.py): a short supervised pass on the
     model's own sampled answers and verdicts, rewritten into the answer format (never the labels)."""
 
     enabled: bool = False
@@ -286,7 +286,7 @@ class WarmupConfig(_Section):
 
 
 class SparkMethodConfig(_Section):
-    """What SPARK adds to GRPO: recycling and the reward period (spark_core/recycle.py, periods.py)."""
+    """What SPARK adds to GRPO: recycling and the reward period (spark_core/judge/recycle.py, periods.py)."""
 
     mode: Literal["spark", "policy_only", "reward_only", "static_mix"] = "spark"
     """`spark`: policy period, recycle its rollouts, reward period. Ablations (the experiment's
@@ -311,19 +311,19 @@ class SparkMethodConfig(_Section):
     """Upper clip for the reward period (None: train.clip_high)."""
     label_weighting: Literal["none", "inv_sqrt_ema"] = "none"
     """Judge samples' advantages times 1/sqrt(their label's moving-average share), normalised per
-    label family (RL Tango; spark_core/judge_reward.py); `none`: unweighted."""
+    label family (RL Tango; spark_core/maths/judge_reward.py); `none`: unweighted."""
     label_ema_decay: float = Field(0.9, ge=0, lt=1)
     """Decay of the label shares' moving average across iterations (state kept in the run)."""
     judge_reward: Literal["hard", "expected"] = "hard"
     """Judge samples' reward: the verifier's 0/1 (`hard`) or, for the tokens before the verdict, the
-    model's probability of the right verdict after its own trace (`expected`; spark_core/judge_reward.py)."""
+    model's probability of the right verdict after its own trace (`expected`; spark_core/maths/judge_reward.py)."""
     format_penalty: float = Field(0.0, ge=0)
     """p: a response out of the answer format (no `\\boxed{}` answer; a verdict that is not a boxed
     Yes/No or A/B) scores -p, below a wrong answer in format (0), in both periods; 0: off (it scores 0)."""
 
 
 class EvalConfig(_Section):
-    """The evaluate stage, on held-out problems only (spark_core/evaluate.py)."""
+    """The evaluate stage, on held-out problems only (spark_core/evaluation/evaluate.py)."""
 
     every: int = Field(1, ge=1)
     """E: evaluate after every E-th iteration (iterations E-1, 2E-1, ...)."""

@@ -31,7 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from spark_core.config import SparkConfig
-from spark_core.store import atomic_write_bytes, atomic_write_parquet, read_manifest, read_table, write_manifest
+from spark_core.data.store import atomic_write_bytes, atomic_write_parquet, read_manifest, read_table, write_manifest
 
 ARMS = ("base", "grpo_policy", "grpo_reward", "grpo_static", "spark", "spark_safeguarded", "spark_weighted",
         "spark_expected")
@@ -39,7 +39,7 @@ DEFAULT_ARMS = ARMS[:6]
 _MODE = {"grpo_policy": ("policy_only", False), "grpo_reward": ("reward_only", True), "grpo_static": ("static_mix", True),
          "spark": ("spark", False), "spark_safeguarded": ("spark", True), "spark_weighted": ("spark", True),
          "spark_expected": ("spark", True)}
-#: Judge-reward options an arm sets on top of its mode (spark_core/judge_reward.py).
+#: Judge-reward options an arm sets on top of its mode (spark_core/maths/judge_reward.py).
 _OPTIONS = {"spark_weighted": {"label_weighting": "inv_sqrt_ema"}, "spark_expected": {"judge_reward": "expected"}}
 DOUBLED = ("grpo_policy", "grpo_reward")  # one period per iteration: run twice as many iterations
 METRICS = ("policy_accuracy", "judge_accuracy", "judge_auroc", "tts_accuracy", "reflection_accuracy",

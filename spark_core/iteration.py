@@ -44,7 +44,7 @@ from spark_core.stages.rollout import rollout
 from spark_core.stages.train import train
 from spark_core.stages.verify import verify
 from spark_core.stages.warmup import warmup_stage
-from spark_core.store import clean_staging, read_manifest, stage_complete
+from spark_core.data.store import clean_staging, read_manifest, stage_complete
 
 log = logging.getLogger(__name__)
 

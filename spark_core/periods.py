@@ -23,12 +23,12 @@ from typing import Sequence
 
 import torch
 
-from spark_core.grpo import advantage_fn
-from spark_core.prompts import solve_prompt
-from spark_core.recycle import JudgeRow, Rollout
-from spark_core.templates import verdict_options
-from spark_core.rollout import Engine, Sample, SamplingSpec
-from spark_core.trainer import Sequence_, Trainer
+from spark_core.maths.grpo import advantage_fn
+from spark_core.data.prompts import solve_prompt
+from spark_core.judge.recycle import JudgeRow, Rollout
+from spark_core.judge.templates import verdict_options
+from spark_core.model.rollout import Engine, Sample, SamplingSpec
+from spark_core.model.trainer import Sequence_, Trainer
 from spark_core.verify import DEFAULT_TIMEOUT_S, Verdict, normalize_label, verify_response
 
 

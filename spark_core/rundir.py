@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from spark_core import progress
-from spark_core.checkpoint import CheckpointError, check_model_dir
+from spark_core.model.checkpoint import CheckpointError, check_model_dir
 from spark_core.config import SparkConfig, config_hash, stable_resolved
-from spark_core.problems import Problem
-from spark_core.records import InputError
-from spark_core.rollout import make_engine
-from spark_core.store import (
+from spark_core.data.problems import Problem
+from spark_core.data.records import InputError
+from spark_core.model.rollout import make_engine
+from spark_core.data.store import (
     atomic_write_bytes, checkpoint_problem, read_manifest, read_table, stage_complete, write_error, write_manifest,
 )
 from spark_core.timing import timed

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from spark_core.config import SparkConfig
-from spark_core.store import atomic_write_bytes, read_manifest
+from spark_core.data.store import atomic_write_bytes, read_manifest
 from spark_core.timing import timed
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ import spark_core.stages.train
 import spark_core.stages.verify
 import spark_core.stages.warmup  # noqa: F401 (binds stages.warmup)
 from spark_core import stages, tracking
-from spark_core.checkpoint import CheckpointError
+from spark_core.model.checkpoint import CheckpointError
 from spark_core.config import SparkConfig
-from spark_core.records import InputError
+from spark_core.data.records import InputError
 from spark_core.runlock import RunLocked
 from spark_core.stages.problems import prepare_problems
 

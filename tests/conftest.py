@@ -6,7 +6,7 @@ from pathlib import Path
 # folder, not ~/.prefect or the repository's data/prefect (prefect.toml), and no telemetry.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="spark-test-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-# Shared format warm-ups (spark_core/shared_warmup.py) go to a throwaway folder too, never beside
+# Shared format warm-ups (spark_core/model/shared_warmup.py) go to a throwaway folder too, never beside
 # the repository's data/tiny-model; a test that checks the sharing sets its own.
 os.environ["SPARK_WARMUP_DIR"] = tempfile.mkdtemp(prefix="spark-test-warmups-")
 

@@ -2,14 +2,14 @@
 
 import random
 
-from spark_core.bootstrap import (
+from spark_core.model.bootstrap import (
     inverse_check,
     inverse_problem,
     make_example,
     pairwise_trace,
     pointwise_trace,
 )
-from spark_core.problems import Problem
+from spark_core.data.problems import Problem
 from spark_core.verify import extract_answer, verify_response
 
 ADD = Problem("p1", "12+34", "46", "12+34=46. \\boxed{46}", "synthetic")

@@ -11,10 +11,10 @@ import math
 import pytest
 import torch
 
-from spark_core.checkpoint import build_model, build_tokenizer, load_checkpoint, save_checkpoint
+from spark_core.model.checkpoint import build_model, build_tokenizer, load_checkpoint, save_checkpoint
 from spark_core.config import TinyModelConfig
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.trainer import Sequence_, Trainer, TrainSettings, packing_matches
+from spark_core.model.rollout import HFEngine, SamplingSpec
+from spark_core.model.trainer import Sequence_, Trainer, TrainSettings, packing_matches
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and none is visible")
 

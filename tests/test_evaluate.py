@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from spark_core.config import load_config
-from spark_core.evaluate import (
+from spark_core.evaluation.evaluate import (
     auroc, build_judge_set, judge_report, run_judge_set, tts_best_of_n, tts_reflect, verdict_logodds,
     verdict_of,
 )
-from spark_core.problems import Problem
-from spark_core.recycle import Rollout
-from spark_core.rollout import HFEngine, Sample
-from spark_core.store import read_table
+from spark_core.data.problems import Problem
+from spark_core.judge.recycle import Rollout
+from spark_core.model.rollout import HFEngine, Sample
+from spark_core.data.store import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -233,7 +233,7 @@ def test_tts_compare_by_hand(monkeypatch):
     verdict log-odds [0, -1, 2, 1] give P(Yes) [0.5, 0.27, 0.88, 0.73]. N=2: every rule picks 3;
     N=4: majority 3 (wrong), best-of-N the 0.88 sample (right), the P(Yes)-weighted vote 3
     (0.5 + 0.27 + 0.73 = 1.5 against 0.88: wrong)."""
-    import spark_core.evaluate as ev
+    import spark_core.evaluation.evaluate as ev
 
     answers = ["\\boxed{3}", "\\boxed{3}", "\\boxed{2}", "\\boxed{3}"]
 

@@ -16,7 +16,7 @@ from spark_core.experiment import (
     run_arm,
     write_results,
 )
-from spark_core.store import read_table
+from spark_core.data.store import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

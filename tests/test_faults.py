@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from spark_cli.main import app
-from spark_core import store
-from spark_core.store import StoreError, manifest_path, read_table
+from spark_core.data import store
+from spark_core.data.store import StoreError, manifest_path, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = ("problems", "rollouts", "judge_data", "updates", "evals")
@@ -135,7 +135,7 @@ def test_a_truncated_table_part_is_named_and_its_stage_redone(config, unbroken, 
     with pytest.raises(StoreError, match=r"policy\.parquet: not a readable Parquet file .*verify_policy"):
         read_table(run, "rollouts")
     stamp = manifest_path(run, "verify_policy", 0).stat().st_mtime_ns
-    with caplog.at_level(logging.WARNING, logger="spark_core.store"):
+    with caplog.at_level(logging.WARNING, logger="spark_core.data.store"):
         assert _iterate(config, run).exit_code == 0
     assert any("policy.parquet: not a readable Parquet file" in m and "verify_policy" in m for m in caplog.messages)
     assert manifest_path(run, "verify_policy", 0).stat().st_mtime_ns != stamp  # redone
@@ -146,7 +146,7 @@ def test_a_manifest_that_is_not_json_is_named_and_its_stage_redone(config, unbro
     run = _half_done(config, tmp_path)
     bad = manifest_path(run, "recycle", 0)
     bad.write_text('{"stage": "recycle", "config_ha')
-    with caplog.at_level(logging.WARNING, logger="spark_core.store"):
+    with caplog.at_level(logging.WARNING, logger="spark_core.data.store"):
         assert _iterate(config, run).exit_code == 0
     assert any(str(bad) in m and "not a JSON manifest" in m for m in caplog.messages)
     assert store.read_manifest(run, "recycle", 0)["stage"] == "recycle"
@@ -156,7 +156,7 @@ def test_a_manifest_that_is_not_json_is_named_and_its_stage_redone(config, unbro
 def test_a_checkpoint_missing_its_weights_is_named_and_rewritten(config, unbroken, tmp_path, caplog):
     run = _half_done(config, tmp_path)
     (run / "checkpoints/iteration=0/model.safetensors").unlink()
-    with caplog.at_level(logging.WARNING, logger="spark_core.store"):
+    with caplog.at_level(logging.WARNING, logger="spark_core.data.store"):
         assert _iterate(config, run).exit_code == 0
     assert any("iteration=0: incomplete checkpoint: no weights" in m and "train_reward" in m for m in caplog.messages)
     assert (run / "checkpoints/iteration=0/model.safetensors").is_file()

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.config import load_config
 from spark_core.rundir import STAGES, checkpoint_dir, completed_iterations
 from spark_core.runlock import RunLocked, run_lock
-from spark_core.store import read_table
+from spark_core.data.store import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ("rollout:\n  batch_prompts: 4\n  group_size: 4\neval:\n  problems: 8\n  judge_problems: 4\n  samples: 2\n"

@@ -4,7 +4,7 @@ import pytest
 
 from spark_core.config import SparkConfig
 from spark_core.periods import Task, in_format, period_metrics, score
-from spark_core.rollout import Sample
+from spark_core.model.rollout import Sample
 
 
 def _sample(i, text):

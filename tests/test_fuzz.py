@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from spark_cli.main import app
-from spark_core.records import read_records
-from spark_core.recycle_file import REQUIRED, recycle_file
+from spark_core.data.records import read_records
+from spark_core.judge.recycle_file import REQUIRED, recycle_file
 from spark_core.verify import Verdict, extract_answer, last_boxed, verify_response
-from spark_core.verify_file import verify_file
+from spark_core.verify.file_mode import verify_file
 
 LIMIT_S = 1.0
 SLACK_S = 30.0

@@ -1,4 +1,4 @@
-"""spark_core.grpo against numbers worked out by hand, and the vectorized advantage against a loop.
+"""spark_core.maths.grpo against numbers worked out by hand, and the vectorized advantage against a loop.
 
 CPU only, no model: every tensor here is a few numbers.
 """
@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spark_core.grpo import (
+from spark_core.maths.grpo import (
     ADVANTAGES,
     AGG_MODES,
     POLICY_LOSSES,

@@ -6,14 +6,14 @@ from pathlib import Path
 import pyarrow as pa
 from typer.testing import CliRunner
 
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.checkpoint import load_checkpoint
 from spark_cli.main import app
 from spark_core.config import load_config
 from spark_core.iteration import run_iteration
 from spark_core.rundir import checkpoint_dir, completed_iterations
-from spark_core.sql import query
+from spark_core.data.sql import query
 from spark_core.stages.problems import prepare_problems
-from spark_core.store import manifest_path, read_table
+from spark_core.data.store import manifest_path, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

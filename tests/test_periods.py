@@ -4,14 +4,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from spark_core.checkpoint import build_model, build_tokenizer
+from spark_core.model.checkpoint import build_model, build_tokenizer
 from spark_core.config import SparkConfig, TinyModelConfig
 from spark_core.periods import Task, groups_for_recycling, judge_tasks, period_metrics, run_period, solve_tasks
-from spark_core.problems import Problem
-from spark_core.recycle import recycle
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.store import write_table
-from spark_core.trainer import Sequence_, Trainer, settings_from_config
+from spark_core.data.problems import Problem
+from spark_core.judge.recycle import recycle
+from spark_core.model.rollout import HFEngine, SamplingSpec
+from spark_core.data.store import write_table
+from spark_core.model.trainer import Sequence_, Trainer, settings_from_config
 
 ARCH = TinyModelConfig(hidden=32, layers=2, heads=2, intermediate=64, max_positions=160)
 

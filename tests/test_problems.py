@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spark_core.config import ProblemsConfig, SyntheticConfig, load_config
-from spark_core.problems import (
+from spark_core.data.problems import (
     Problem,
     fresh_problems,
     generate_problems,
@@ -15,7 +15,7 @@ from spark_core.problems import (
     problem_sets,
     split_problems,
 )
-from spark_core.records import InputError
+from spark_core.data.records import InputError
 from spark_core.verify import verify_response
 
 

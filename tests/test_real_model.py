@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spark_core.rollout import HFEngine, SamplingSpec, encode_prompts
+from spark_core.model.rollout import HFEngine, SamplingSpec, encode_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "qwen2.5-coder-0.5b-instruct"
@@ -78,8 +78,8 @@ def test_sampling_stops_on_an_end_token_and_keeps_it(engine):
 
 
 def test_blocked_logprobs_equal_direct_on_the_real_model(engine):
-    from spark_core.grpo import token_entropy, token_logprobs
-    from spark_core.logits import blocked_matches, response_stats, use_blocks
+    from spark_core.maths.grpo import token_entropy, token_logprobs
+    from spark_core.model.logits import blocked_matches, response_stats, use_blocks
 
     model, tok = engine.model, engine.tokenizer
     assert use_blocks(model, "auto") and blocked_matches(model)
@@ -109,7 +109,7 @@ def test_blocked_logprobs_equal_direct_on_the_real_model(engine):
 
 def test_verdict_logodds_without_full_vocabulary_logits(engine):
     """The evaluate stage's verdict log-odds (blocked: only the label's positions) equal a full forward."""
-    from spark_core.evaluate import verdict_logodds
+    from spark_core.evaluation.evaluate import verdict_logodds
 
     prompt, response = "Is 3+54=57 correct? Answer in \\boxed{}.", "3+54=57, so \\boxed{Yes}"
     (odds,) = verdict_logodds(engine, [prompt], [response], ["Yes"], ["No"])
@@ -147,7 +147,7 @@ def test_one_iteration_through_the_flow(prefect_api, qwen_dir, engine, tmp_path)
 
     from flows.spark_flow import spark
     from spark_core.rundir import checkpoint_dir
-    from spark_core.store import read_manifest, read_table
+    from spark_core.data.store import read_manifest, read_table
     from spark_core.tracking import tracking_uri
 
     engine.close()  # free its 2.5 GB before the stages load their own copies

@@ -4,7 +4,7 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spark_core.recycle import Rollout, recycle, recycle_group, select_batch
+from spark_core.judge.recycle import Rollout, recycle, recycle_group, select_batch
 from spark_core.verify import verify_response
 
 
@@ -133,8 +133,8 @@ def test_caps_respected_and_fifo(spec, batch_prompts, balanced, seed):
 
 
 def test_fifo_cache_in_the_judge_data_table(tmp_path):
-    from spark_core.recycle import take_from_cache, write_cache
-    from spark_core.sql import query
+    from spark_core.judge.recycle import take_from_cache, write_cache
+    from spark_core.data.sql import query
 
     g0 = [_group(f"a{i}", str(10 + i), [(True, True), (False, True)]) for i in range(30)]
     g1 = [_group(f"b{i}", str(50 + i), [(True, True), (False, True)]) for i in range(30)]
@@ -157,8 +157,8 @@ def test_fifo_cache_in_the_judge_data_table(tmp_path):
 
 def test_near_miss_rollouts_carry_their_verified_correctness():
     """The made-up groups of the reward-period learning test: flags agree with the verifier."""
-    from spark_core.bootstrap import near_miss_rollouts
-    from spark_core.problems import Problem
+    from spark_core.model.bootstrap import near_miss_rollouts
+    from spark_core.data.problems import Problem
 
     problems = [Problem(f"p{i}", f"{i}+{2 * i}", str(3 * i), "", "synthetic") for i in range(1, 30)]
     groups = near_miss_rollouts(problems, random.Random(0), group_size=8)

@@ -49,7 +49,7 @@ def test_gpu_experiment_joins_and_checks_pieces(tmp_path, monkeypatch):
     a missing piece is named as such and leaves no file behind."""
     import hashlib
 
-    from spark_core import models
+    from spark_core.model import models
 
     rx = _load("real_experiment")
     blob = bytes(range(256)) * 1000

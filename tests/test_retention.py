@@ -10,7 +10,7 @@ from spark_core.config import SparkConfig, load_config
 from spark_core.iteration import run_iteration
 from spark_core.rundir import checkpoint_dir, completed_iterations, iteration_hash, retired_checkpoints, warmup_dir
 from spark_core.stages.problems import prepare_problems
-from spark_core.store import read_manifest
+from spark_core.data.store import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from deployments.services import descendants, main, status
-from spark_core.store import read_table
+from spark_core.data.store import read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

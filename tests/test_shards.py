@@ -22,7 +22,7 @@ from spark_core.stages.samples import read_samples
 from spark_core.stages.verify import verify_shard_stage
 from spark_core.periods import score
 from spark_core.stages.problems import prepare_problems
-from spark_core.store import manifest_path, read_manifest, read_table
+from spark_core.data.store import manifest_path, read_manifest, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ("rollout:\n  batch_prompts: 6\n  group_size: 2\n  shards: 2\n"

@@ -1,11 +1,11 @@
-"""The HF engine prefills each prompt once for its G samples (spark_core/rollout.py `_decode`)."""
+"""The HF engine prefills each prompt once for its G samples (spark_core/model/rollout.py `_decode`)."""
 
 from pathlib import Path
 
 import pytest
 import torch
 
-from spark_core.rollout import HFEngine, SamplingSpec
+from spark_core.model.rollout import HFEngine, SamplingSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -46,9 +46,9 @@ def test_shipped_metrics_meet_the_targets(shipped):
 
 def test_shipped_weights_answer_in_format(shipped):
     """A quick re-measurement on the weights themselves, not only their metrics.json."""
-    from spark_core.bootstrap import judge_set
-    from spark_core.problems import generate_problems
-    from spark_core.rollout import HFEngine, SamplingSpec
+    from spark_core.model.bootstrap import judge_set
+    from spark_core.data.problems import generate_problems
+    from spark_core.model.rollout import HFEngine, SamplingSpec
     from spark_core.verify import extract_answer, verify_response
 
     cfg = load_config(ROOT / "configs" / "tiny.yaml")

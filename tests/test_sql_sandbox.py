@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from spark_cli.main import app
 from spark_core.config import ProblemsConfig, SparkConfig
-from spark_core.sql import SqlError, connect, query
+from spark_core.data.sql import SqlError, connect, query
 from spark_core.stages.problems import prepare_problems
 
 

@@ -10,9 +10,9 @@ from typer.testing import CliRunner
 
 from spark_cli.main import app
 from spark_core.config import ProblemsConfig, SparkConfig
-from spark_core.sql import SqlError, query, views_sql
+from spark_core.data.sql import SqlError, query, views_sql
 from spark_core.stages.problems import prepare_problems
-from spark_core.store import (
+from spark_core.data.store import (
     SCHEMAS,
     StoreError,
     manifest_path,
@@ -169,7 +169,7 @@ def test_write_killed_midway_leaves_table_as_it_was(tmp_path):
         f"""
         import os, signal
         import pyarrow.parquet as pq
-        from spark_core import store
+        from spark_core.data import store
 
         real = pq.write_table
         def write_half_then_die(table, where, **kw):
@@ -188,7 +188,7 @@ def test_write_killed_midway_leaves_table_as_it_was(tmp_path):
     after = read_table(tmp_path, "updates")
     assert after.equals(before)
     assert query(tmp_path, "select count(*) as n from updates").to_pylist() == [{"n": 2}]
-    from spark_core.store import clean_staging
+    from spark_core.data.store import clean_staging
 
     assert clean_staging(tmp_path) == 1
 

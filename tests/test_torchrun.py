@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spark_core.checkpoint import load_checkpoint
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.config import load_config
 from spark_core.rundir import FAULT_ENV, checkpoint_dir
 from spark_core.stages.recycle import recycle_stage
@@ -16,7 +16,7 @@ from spark_core.stages.rollout import rollout
 from spark_core.stages.train import train
 from spark_core.stages.verify import verify
 from spark_core.stages.problems import prepare_problems
-from spark_core.store import manifest_path, read_table
+from spark_core.data.store import manifest_path, read_table
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ("rollout:\n  batch_prompts: 4\n  group_size: 4\n"

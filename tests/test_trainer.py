@@ -4,12 +4,12 @@ import dataclasses
 import pytest
 import torch
 
-from spark_core.checkpoint import build_model, build_tokenizer
+from spark_core.model.checkpoint import build_model, build_tokenizer
 from spark_core.config import TinyModelConfig
-from spark_core.grpo import grpo_advantage
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.store import write_table
-from spark_core.trainer import Sequence_, Trainer, TrainSettings
+from spark_core.maths.grpo import grpo_advantage
+from spark_core.model.rollout import HFEngine, SamplingSpec
+from spark_core.data.store import write_table
+from spark_core.model.trainer import Sequence_, Trainer, TrainSettings
 
 ARCH = TinyModelConfig(hidden=32, layers=2, heads=2, intermediate=64, max_positions=128)
 
@@ -142,7 +142,7 @@ def test_packed_rows_give_the_padded_loss_and_gradient(tok):
 
 
 def test_pack_rows_fits_every_sequence_once():
-    from spark_core.trainer import pack_rows
+    from spark_core.model.trainer import pack_rows
 
     lengths = [7, 3, 9, 2, 5, 5, 1, 9]
     places = pack_rows(lengths, 9)
@@ -158,7 +158,7 @@ def test_pack_rows_fits_every_sequence_once():
 
 
 def test_packing_falls_back_when_the_model_ignores_sequence_boundaries(tok, monkeypatch):
-    import spark_core.trainer as trainer_mod
+    import spark_core.model.trainer as trainer_mod
 
     monkeypatch.setattr(trainer_mod, "packing_matches", lambda *a, **k: False)
     t = Trainer(_model(tok), None, TrainSettings(mini_batch_size=4, micro_batch_size=4, packing=True), tok.pad_token_id,
@@ -168,7 +168,7 @@ def test_packing_falls_back_when_the_model_ignores_sequence_boundaries(tok, monk
 
 
 def test_the_tiny_llama_reads_sequence_boundaries_from_positions(tok):
-    from spark_core.trainer import packing_matches
+    from spark_core.model.trainer import packing_matches
 
     assert packing_matches(_model(tok), tok.pad_token_id, torch.device("cpu"))
 

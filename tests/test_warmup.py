@@ -1,4 +1,4 @@
-"""The format warm-up's rules (spark_core/warmup.py) and the solve prompts (spark_core/prompts.py)."""
+"""The format warm-up's rules (spark_core/model/warmup.py) and the solve prompts (spark_core/data/prompts.py)."""
 
 import random
 import shutil
@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from spark_core.config import PromptsConfig, SparkConfig
-from spark_core.evaluate import JudgeItem, judge_report
+from spark_core.evaluation.evaluate import JudgeItem, judge_report
 from spark_core.periods import Task, solve_tasks
-from spark_core.problems import Problem
-from spark_core.prompts import SOLVE_PRESETS, solve_prompt
-from spark_core.rollout import Sample
-from spark_core.warmup import boxed_text, judge_examples, lenient_verdict, parse_rates, solve_examples, strict_parsed
+from spark_core.data.problems import Problem
+from spark_core.data.prompts import SOLVE_PRESETS, solve_prompt
+from spark_core.model.rollout import Sample
+from spark_core.model.warmup import boxed_text, judge_examples, lenient_verdict, parse_rates, solve_examples, strict_parsed
 
 
 def _s(text, finish="stop", i=0):
@@ -90,7 +90,7 @@ def test_balanced_judge_examples_take_the_verdict_trained_least():
 
 def test_balance_verdicts_at_its_default_keeps_hashes_and_warmup_keys(tmp_path):
     from spark_core.config import stable_resolved
-    from spark_core.shared_warmup import warmup_key
+    from spark_core.model.shared_warmup import warmup_key
 
     on = SparkConfig.model_validate({"warmup": {"enabled": True}})
     before = {k: v for k, v in on.warmup.model_dump(mode="json").items() if k != "balance_verdicts"}
@@ -146,7 +146,7 @@ def _warm_cfg(tmp_path):
 def test_the_warmup_is_made_once_and_found_by_its_hash(tmp_path, monkeypatch):
     from spark_core.rundir import base_model, start_model
     from spark_core.stages.warmup import warmup_stage
-    from spark_core.shared_warmup import is_complete, warmup_key
+    from spark_core.model.shared_warmup import is_complete, warmup_key
     from spark_core.stages.problems import prepare_problems
 
     root = tmp_path / "warmups"

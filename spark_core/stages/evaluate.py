@@ -15,14 +15,14 @@ import pyarrow.parquet as pq
 
 from spark_core import progress
 from spark_core.config import SparkConfig, config_hash
-from spark_core.evaluate import (
+from spark_core.evaluation.evaluate import (
     JudgeItem, build_judge_set, policy_metrics, rows_for_evals, run_judge_set, sample_groups, tts_best_of_n, tts_reflect,
 )
-from spark_core.problems import Problem
+from spark_core.data.problems import Problem
 from spark_core.rundir import (
     checkpoint_dir, eval_hash, iteration_hash, open_engine, problems_of, run_stage, start_model,
 )
-from spark_core.store import atomic_write_parquet, stage_complete, staging_dir, write_manifest, write_table
+from spark_core.data.store import atomic_write_parquet, stage_complete, staging_dir, write_manifest, write_table
 
 
 def judge_set_path(run_dir: Path) -> Path:

@@ -12,7 +12,7 @@ from spark_core.rundir import (
 )
 from spark_core.stages.rollout import shard_stage
 from spark_core.stages.verify import verify_shard_stage
-from spark_core.store import read_manifest, stage_complete, write_manifest
+from spark_core.data.store import read_manifest, stage_complete, write_manifest
 
 
 def finish(cfg: SparkConfig, run_dir: Path, k: int) -> dict:

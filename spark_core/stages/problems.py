@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from spark_core.config import SparkConfig, config_hash
-from spark_core.problems import problem_sets
-from spark_core.store import clean_staging, read_manifest, stage_complete, write_manifest, write_table
+from spark_core.data.problems import problem_sets
+from spark_core.data.store import clean_staging, read_manifest, stage_complete, write_manifest, write_table
 
 log = logging.getLogger(__name__)
 

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 
 from spark_core.config import SparkConfig
 from spark_core.periods import groups_for_recycling, score
-from spark_core.recycle import recycle, take_from_cache, write_cache
-from spark_core.rollout import SamplingSpec
+from spark_core.judge.recycle import recycle, take_from_cache, write_cache
+from spark_core.model.rollout import SamplingSpec
 from spark_core.rundir import iteration_hash, open_engine, run_stage, samples_path, start_model
 from spark_core.stages.samples import read_samples
-from spark_core.store import part_path
+from spark_core.data.store import part_path
 
 
 def recycle_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict:

@@ -18,13 +18,13 @@ import pyarrow.parquet as pq
 
 from spark_core.config import SparkConfig
 from spark_core.periods import Task, judge_tasks, solve_tasks
-from spark_core.recycle import consumed_batch
-from spark_core.rollout import Sample, SamplingSpec, pick_device, pick_dtype
+from spark_core.judge.recycle import consumed_batch
+from spark_core.model.rollout import Sample, SamplingSpec, pick_device, pick_dtype
 from spark_core.rundir import (
     iteration_hash, open_engine, phase_start_model, policy_problems, problems_of, run_stage, samples_path,
 )
 from spark_core.stages.samples import write_samples
-from spark_core.store import atomic_write_parquet, read_manifest, stage_complete, staging_dir
+from spark_core.data.store import atomic_write_parquet, read_manifest, stage_complete, staging_dir
 
 
 def _rollout_plan(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list[Task], SamplingSpec]:

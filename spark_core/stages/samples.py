@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_core.periods import Task
-from spark_core.rollout import Sample
-from spark_core.store import atomic_write_parquet, staging_dir
+from spark_core.model.rollout import Sample
+from spark_core.data.store import atomic_write_parquet, staging_dir
 from spark_core.timing import timed
 
 

@@ -15,17 +15,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import torch
 
-from spark_core import lora
-from spark_core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from spark_core.model import lora
+from spark_core.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from spark_core.config import SparkConfig
 from spark_core.periods import training_batch
-from spark_core.rollout import pick_device
+from spark_core.model.rollout import pick_device
 from spark_core.rundir import (
     checkpoint_dir, fault, iteration_hash, phase_start_model, replace_dir, run_stage, samples_path, start_model,
 )
 from spark_core.stages.samples import read_samples
-from spark_core.store import part_path, staging_dir, write_table
-from spark_core.trainer import TRAINER_STATE, Trainer, settings_from_config
+from spark_core.data.store import part_path, staging_dir, write_table
+from spark_core.model.trainer import TRAINER_STATE, Trainer, settings_from_config
 
 
 def _period_batch(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list, float, dict]:
@@ -100,8 +100,8 @@ def train_period(cfg: SparkConfig, run_dir: Path, k: int, phase: str, plan: tupl
     optimizer and scheduler state); the `updates` rows. Under torchrun every process runs this:
     each loads the same weights and batch, the trainer deals out the micro-batches and sums the
     gradients, and only rank 0 saves."""
-    from spark_core.fsdp import full_model_state, full_optimizer_state, local_numel, shard
-    from spark_core.trainer import rank_world
+    from spark_core.model.fsdp import full_model_state, full_optimizer_state, local_numel, shard
+    from spark_core.model.trainer import rank_world
 
     source = phase_start_model(cfg, run_dir, k, phase)
     batch, lr_scale, overrides = plan or _period_batch(cfg, run_dir, k, phase)
@@ -165,7 +165,7 @@ def _fresh_adapters(cfg: SparkConfig, source: Path):
 
 
 def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> tuple[list[dict], list[int]]:
-    """`train_period` as `torchrun --standalone --nproc-per-node P` (spark_core/train_worker.py);
+    """`train_period` as `torchrun --standalone --nproc-per-node P` (spark_core/model/train_worker.py);
     its exit code is the stage's state: any rank failing fails the stage, and the checkpoint is
     only put in place by rank 0 after its period, so a re-run redoes the stage from its inputs."""
     import subprocess
@@ -180,7 +180,7 @@ def train_under_torchrun(cfg: SparkConfig, run_dir: Path, k: int, phase: str) ->
         threads = max(1, (os.cpu_count() or 1) // P) if pick_device(cfg.rollout.device).type == "cpu" else 1
         env = os.environ | {"OMP_NUM_THREADS": os.environ.get("SPARK_TRAIN_THREADS", str(threads))}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={P}",
-               "-m", "spark_core.train_worker", str(conf), str(run_dir), str(k), phase, str(result)]
+               "-m", "spark_core.model.train_worker", str(conf), str(run_dir), str(k), phase, str(result)]
         with open(logf, "wb") as log_out:
             code = subprocess.run(cmd, env=env, stdout=log_out, stderr=subprocess.STDOUT).returncode
         if code != 0:

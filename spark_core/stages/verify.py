@@ -13,16 +13,16 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spark_core import judge_reward
-from spark_core.checkpoint import load_checkpoint
+from spark_core.maths import judge_reward
+from spark_core.model.checkpoint import load_checkpoint
 from spark_core.config import SparkConfig
 from spark_core.periods import period_metrics, score, verdicts_of
-from spark_core.rollout import Sample, pick_device
+from spark_core.model.rollout import Sample, pick_device
 from spark_core.rundir import iteration_hash, phase_start_model, run_stage, samples_path
 from spark_core.stages.rollout import shard_range
 from spark_core.stages.samples import read_samples
-from spark_core.store import atomic_write_parquet, read_manifest, stage_complete, staging_dir, write_table
-from spark_core.verdict_prob import right_verdict_probability
+from spark_core.data.store import atomic_write_parquet, read_manifest, stage_complete, staging_dir, write_table
+from spark_core.maths.verdict_prob import right_verdict_probability
 from spark_core.verify import Verdict
 
 
@@ -112,7 +112,7 @@ def _expected_rewards(cfg: SparkConfig, run_dir: Path, k: int, groups: list[list
                       group_ids: list[int]) -> dict:
     """`judge_reward: expected`: P(right verdict | trace) of every judge row under the model that
     sampled it (the reward phase's start checkpoint), and the trace / verdict advantages from it,
-    set in place; returns the monitors (spark_core/judge_reward.py, "Expected rewards")."""
+    set in place; returns the monitors (spark_core/maths/judge_reward.py, "Expected rewards")."""
     samples = [s for g in groups for s in g]
     judged = [i for i, r in enumerate(rows) if r["kind"] in judge_reward.JUDGE_KINDS]
     if not judged:

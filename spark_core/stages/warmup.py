@@ -2,7 +2,7 @@
 that asks for the same one.
 
 Reads: the base model and the `problems` table. Writes: the shared checkpoint beside the model
-(made once under its lock, see spark_core/shared_warmup.py) and `RUN/warmup/examples.parquet`."""
+(made once under its lock, see spark_core/model/shared_warmup.py) and `RUN/warmup/examples.parquet`."""
 
 from __future__ import annotations
 
@@ -19,22 +19,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from spark_core import shared_warmup, warmup
-from spark_core.checkpoint import check_model_dir, load_checkpoint, save_checkpoint
+from spark_core.model import shared_warmup, warmup
+from spark_core.model.checkpoint import check_model_dir, load_checkpoint, save_checkpoint
 from spark_core.config import SparkConfig
 from spark_core.periods import solve_tasks
-from spark_core.rollout import SamplingSpec, encode_prompts, pick_device
+from spark_core.model.rollout import SamplingSpec, encode_prompts, pick_device
 from spark_core.rundir import base_model, iteration_hash, open_engine, problems_of, run_stage
 from spark_core.runlock import file_lock
-from spark_core.store import atomic_write_bytes, manifest_path, read_manifest
-from spark_core.trainer import TrainSettings, Trainer
+from spark_core.data.store import atomic_write_bytes, manifest_path, read_manifest
+from spark_core.model.trainer import TrainSettings, Trainer
 
 log = logging.getLogger(__name__)
 
 
 def warmup_stage(cfg: SparkConfig, run_dir: Path, k: int) -> dict | None:
-    """Stage `warmup` (iteration 0, when `warmup.enabled`): the format warm-up of spark_core/warmup.py,
-    shared by every run that asks for the same one (spark_core/shared_warmup.py): found by its key
+    """Stage `warmup` (iteration 0, when `warmup.enabled`): the format warm-up of spark_core/model/warmup.py,
+    shared by every run that asks for the same one (spark_core/model/shared_warmup.py): found by its key
     and reused, or made once under its lock. The manifest names the shared checkpoint (`shared`),
     its key, whether this run reused it, and the parse rates before and after; the examples are
     copied to `RUN/warmup/examples.parquet`. None when it does not apply."""

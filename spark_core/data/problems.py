@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from spark_core.config import ProblemsConfig, SyntheticConfig
-from spark_core.records import InputError, read_records
+from spark_core.data.records import InputError, read_records
 from spark_core.verify import extract_reference, number_text
 
 

@@ -30,9 +30,9 @@ from typing import Protocol, Sequence, Union
 import torch
 
 from spark_core import progress
-from spark_core.checkpoint import CheckpointError, load_checkpoint, load_tokenizer
-from spark_core.kv_cache import preallocated_cache
-from spark_core.models import end_token_ids
+from spark_core.model.checkpoint import CheckpointError, load_checkpoint, load_tokenizer
+from spark_core.model.kv_cache import preallocated_cache
+from spark_core.model.models import end_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class HFEngine:
         # their place in the output. Finished rows would otherwise be decoded to the longest.
         live = torch.arange(B, device=self.device)  # (A,)
         # Keys, values and the attention mask live in buffers of their final width, filled in
-        # place (spark_core/kv_cache.py): growing them by concatenation copied the whole cache
+        # place (spark_core/model/kv_cache.py): growing them by concatenation copied the whole cache
         # at every step. `past` is None for a model with sliding-window layers (its own cache).
         past = preallocated_cache(self.model, width + spec.max_new_tokens)
         full_mask = torch.ones((B, width + spec.max_new_tokens), dtype=mask.dtype, device=self.device)  # (B, W + L)
@@ -324,7 +324,7 @@ class VLLMEngine:
 
         from transformers import GenerationConfig
 
-        from spark_core.lora import is_adapter_dir
+        from spark_core.model.lora import is_adapter_dir
 
         if is_adapter_dir(path):
             raise EngineError(f"{path}: a LoRA checkpoint; the vllm engine reads full models only for now "

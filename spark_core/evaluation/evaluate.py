@@ -27,12 +27,12 @@ from typing import Sequence
 
 import torch
 
-from spark_core.logits import blocked_matches, gathered_stats, hidden_states, use_blocks
-from spark_core.problems import Problem
-from spark_core.prompts import solve_prompt
-from spark_core.recycle import Rollout
-from spark_core.rollout import Engine, SamplingSpec
-from spark_core.templates import candidate_text, pointwise_label, templates
+from spark_core.model.logits import blocked_matches, gathered_stats, hidden_states, use_blocks
+from spark_core.data.problems import Problem
+from spark_core.data.prompts import solve_prompt
+from spark_core.judge.recycle import Rollout
+from spark_core.model.rollout import Engine, SamplingSpec
+from spark_core.judge.templates import candidate_text, pointwise_label, templates
 from spark_core.verify import extract_answer, normalize_label, verify_response
 
 # --------------------------------------------------------------------------- the reward benchmark
@@ -236,7 +236,7 @@ def verdict_logodds(engine, prompts: Sequence[str], responses: Sequence[str], po
     limit = getattr(model.config, "max_position_embeddings", None) or 10**9
     logps: list[float | None] = []
     # Only the label's few positions are needed: their log-softmax from the hidden states
-    # (spark_core/logits.py), never a full (batch, width, vocabulary) float32 tensor; decided
+    # (spark_core/model/logits.py), never a full (batch, width, vocabulary) float32 tensor; decided
     # once per call, with the same check of the head against the model's logits as the trainer's.
     blocked = use_blocks(model, "auto") and blocked_matches(model)
     was_training = model.training

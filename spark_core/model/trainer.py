@@ -6,19 +6,16 @@ memory stays flat as the batch grows. Every micro-batch's loss is weighted by it
 the mini-batch's response tokens, which makes the accumulated gradient exactly the
 token-mean over the mini-batch (a plain mean of micro-batch means would not be).
 
-AdamW (betas 0.9, 0.95, weight decay 0), gradient clipping at 1.0, and one learning-rate
-schedule whose step counter runs through policy *and* reward periods (the authors' schedule
-counted policy steps only, so reward steps ran past its end). A non-finite loss or gradient
-norm skips the step (logged, `skipped` in the `updates` row) and never reaches the weights.
-Optimizer and scheduler state are saved beside the Hugging Face checkpoint, so a resumed run
-continues exactly where it stopped. CUDA when present, CPU otherwise, the same code.
+Gradient clipping at 1.0; the optimizer, its schedule and its saved state are
+spark_core/model/optimizer.py, the rows and packing spark_core/model/batching.py. A non-finite
+loss or gradient norm skips the step (logged, `skipped` in the `updates` row) and never reaches
+the weights. CUDA when present, CPU otherwise, the same code.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -28,14 +25,20 @@ from typing import Sequence
 import torch
 
 from spark_core import progress
-from spark_core.fsdp import is_sharded, load_optimizer_state
-from spark_core.grpo import policy_loss, token_entropy, token_logprobs
-from spark_core.logits import blocked_matches, response_stats, use_blocks
-from spark_core.lora import is_peft
+from spark_core.maths.grpo import policy_loss, token_entropy, token_logprobs
+from spark_core.model import optimizer
+from spark_core.model.batching import (Sequence_, advantages, layout, old_logprobs, pack_rows, packing_matches,
+                                       response_logits, response_tokens)
+from spark_core.model.fsdp import is_sharded
+from spark_core.model.logits import blocked_matches, response_stats, use_blocks
+from spark_core.model.lora import is_peft
+from spark_core.model.optimizer import TRAINER_STATE, agree, rank_world
+
+__all__ = ["TRAINER_STATE", "Sequence_", "TrainSettings", "Trainer", "pack_rows", "packing_matches", "rank_world",
+           "settings_from_config"]
 
 log = logging.getLogger(__name__)
 
-TRAINER_STATE = "trainer_state.pt"  # optimizer, scheduler and step, beside the weights
 _GRPO_METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_frac_low", "clip_frac_high")  # per `updates` row
 
 
@@ -57,22 +60,9 @@ class TrainSettings:
     temperature: float = 1.0  # the sampling temperature: log-probs are recomputed under it
     max_grad_norm: float = 1.0
     packing: bool = False  # several sequences per row instead of one padded row each (checked once)
-    blocked_logits: str = "auto"  # auto | always | never: LM head over blocks of positions (spark_core/logits.py)
+    blocked_logits: str = "auto"  # auto | always | never: LM head over blocks of positions (spark_core/model/logits.py)
     gradient_checkpointing: bool = False
     bf16_autocast: bool = False  # CUDA or a native-bf16 CPU: bf16 trunk, float32 head, log-probs and optimizer state
-
-
-@dataclass
-class Sequence_:
-    """One rollout as the trainer sees it."""
-
-    prompt_ids: list[int]
-    response_ids: list[int]
-    old_logprobs: list[float]
-    advantage: float
-    verdict_index: int | None = None
-    """`judge_reward: expected`: from this response token on, `verdict_advantage` replaces `advantage`."""
-    verdict_advantage: float = 0.0
 
 
 def settings_from_config(train, total_steps: int, temperature: float) -> TrainSettings:
@@ -86,22 +76,10 @@ def settings_from_config(train, total_steps: int, temperature: float) -> TrainSe
     )
 
 
-def lr_lambda(s: TrainSettings):
-    def f(step: int) -> float:
-        if step < s.warmup_steps:
-            return (step + 1) / s.warmup_steps
-        if s.schedule == "cosine":
-            done = min(1.0, (step - s.warmup_steps) / max(1, s.total_steps - s.warmup_steps))
-            return 0.5 * (1 + math.cos(math.pi * done))
-        return 1.0
-
-    return f
-
-
 class Trainer:
     """Holds the policy, the frozen reference, the optimizer and the schedule.
 
-    A peft model (LoRA, spark_core/lora.py) trains its adapters only, and with `ref_model`
+    A peft model (LoRA, spark_core/model/lora.py) trains its adapters only, and with `ref_model`
     None its reference is itself with the adapters switched off (no second copy)."""
 
     def __init__(self, model, ref_model, settings: TrainSettings, pad_id: int, device: torch.device | None = None):
@@ -117,12 +95,7 @@ class Trainer:
                 p.requires_grad_(False)
         self.s = settings
         self.pad_id = pad_id
-        # foreach: the multi-tensor update, also on the CPU (torch's CPU default is one tensor at a
-        # time): 2.6 s instead of 4.4 s a step for a 630M-parameter model on 2 cores.
-        params = [p for p in self.model.parameters() if p.requires_grad] if self.lora else self.model.parameters()
-        self.opt = torch.optim.AdamW(params, lr=settings.lr, betas=(0.9, 0.95), weight_decay=0.0,
-                                     foreach=True)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(settings))
+        self.opt, self.sched = optimizer.make_optimizer(self.model, settings, trainable_only=self.lora)
         self.step = 0
         self._packing_ok: bool | None = None
         self._blocked: bool | None = None
@@ -198,7 +171,8 @@ class Trainer:
                     sums[k] += metrics.get(k, 0.0) * weight
         if world > 1:
             # FSDP has reduced the gradients already: only the metric sums are left to add up.
-            finite = self._reduce_stats(sums, finite, self.device) if sharded else self._all_reduce(sums, finite)
+            finite = (optimizer.reduce_stats(sums, finite, self.device) if sharded
+                      else optimizer.all_reduce_grads(self.model, sums, finite))
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.max_grad_norm) if finite else torch.tensor(float("nan"))
         if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP (already the norm over every shard)
             grad_norm = grad_norm.full_tensor()
@@ -225,46 +199,11 @@ class Trainer:
         """The policy is sharded over torchrun's processes (train.fsdp)."""
         return rank_world()[1] > 1 and is_sharded(self.model)
 
-    def _all_reduce(self, sums: dict, finite: bool) -> bool:
-        """Sum the gradients and the metric sums over the processes (each holds its micro-batches'
-        token-weighted share, weighted by the whole mini-batch's tokens, so the sum is the
-        one-process gradient); every process then takes the same step. False if any was non-finite."""
-        import torch.distributed as dist
-
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        flat = torch.cat([p.grad.reshape(-1) for p in params])  # one collective, not one per tensor
-        dist.all_reduce(flat)
-        offset = 0
-        for p in params:
-            p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
-            offset += p.numel()
-        return self._reduce_stats(sums, finite, flat.device)
-
-    @staticmethod
-    def _reduce_stats(sums: dict, finite: bool, device: torch.device) -> bool:
-        """Sum the metric sums over the processes in place; False if any process was non-finite."""
-        import torch.distributed as dist
-
-        keys = list(sums)
-        stats = torch.tensor([sums[k] for k in keys] + [0.0 if finite else 1.0], dtype=torch.float64, device=device)
-        dist.all_reduce(stats)
-        for i, k in enumerate(keys):
-            sums[k] = float(stats[i])
-        return bool(stats[-1] == 0)
-
     def _response_batch(self, micro: Sequence[Sequence_]):
         """A micro-batch on the device: response tokens (B, R), their mask (B, R), the model
         inputs and, per response token, the flat position predicting it (B, R)."""
-        B, R = len(micro), max(len(x.response_ids) for x in micro)
-        tokens = torch.full((B, R), self.pad_id, dtype=torch.long)  # (B, R)
-        mask = torch.zeros((B, R), dtype=torch.bool)  # (B, R)
-        for i, x in enumerate(micro):
-            tokens[i, : len(x.response_ids)] = torch.tensor(x.response_ids)
-            mask[i, : len(x.response_ids)] = True
-        inputs, where = self._layout(micro, R, packed=self._use_packing())
+        tokens, mask = response_tokens(micro, self.pad_id)  # (B, R), (B, R)
+        inputs, where = self._layout(micro, tokens.shape[1], packed=self._use_packing())
         return tokens.to(self.device), mask.to(self.device), inputs, where.to(self.device)
 
     def _micro_nll(self, micro: Sequence[Sequence_]):
@@ -279,17 +218,8 @@ class Trainer:
         """Loss and metrics of one micro-batch: token-mean over its response tokens."""
         tokens, mask, inputs, where = self._response_batch(micro)
         R = tokens.shape[1]
-        old = torch.zeros((len(micro), R))  # (B, R)
-        for i, x in enumerate(micro):
-            old[i, : len(x.response_ids)] = torch.tensor(x.old_logprobs, dtype=torch.float32)
-        old = old.to(self.device)
-        adv = torch.tensor([x.advantage for x in micro], dtype=torch.float32)  # (B,)
-        if any(x.verdict_index is not None for x in micro):
-            adv = adv[:, None].repeat(1, R)  # (B, R): per-token advantages
-            for i, x in enumerate(micro):
-                if x.verdict_index is not None:
-                    adv[i, x.verdict_index:] = x.verdict_advantage
-        adv = adv.to(self.device)
+        old = old_logprobs(micro, R).to(self.device)  # (B, R)
+        adv = advantages(micro, R).to(self.device)  # (B,) or (B, R)
         with self._autocast():
             logp, entropy = self._stats(self.net, inputs, where, tokens, mask)  # (B, R), (B, R)
             if self.s.entropy_coef == 0:
@@ -315,7 +245,7 @@ class Trainer:
         float32 tensor) when `blocked_logits` selects it and the model passes the check."""
         if self._use_blocks():
             return response_stats(model, inputs, where, tokens, mask, self.s.temperature)
-        logits = _response_logits(model, inputs, where)  # (B, R, V)
+        logits = response_logits(model, inputs, where)  # (B, R, V)
         return token_logprobs(logits, tokens, self.s.temperature), token_entropy(logits, self.s.temperature)
 
     def _use_blocks(self) -> bool:
@@ -326,7 +256,7 @@ class Trainer:
                 log.warning("train.fsdp: blocked log-probs are not used under FSDP (full logits: more memory)")
             self._blocked = False
         if self._blocked is None:
-            self._blocked = _agree(use_blocks(self.net, self.s.blocked_logits) and blocked_matches(self.net))
+            self._blocked = agree(use_blocks(self.net, self.s.blocked_logits) and blocked_matches(self.net))
             if not self._blocked and self.s.blocked_logits == "always":
                 log.warning("%s: blocked log-probs do not match the model's logits; using full logits",
                             type(self.net).__name__)
@@ -335,43 +265,16 @@ class Trainer:
     def _autocast(self):
         """bf16 autocast when configured, on CUDA or on a CPU that computes bf16 natively (AVX-512
         BF16 / AMX; on AVX2 it would be slower, so float32 stays); a no-op context otherwise."""
-        from spark_core.rollout import native_bf16
+        from spark_core.model.rollout import native_bf16
 
         if self.s.bf16_autocast and self.device.type in ("cuda", "cpu") and native_bf16(self.device):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def _layout(self, micro: Sequence[Sequence_], R: int, packed: bool) -> tuple[dict, torch.Tensor]:
-        """Model inputs for a micro-batch and, per response token, the flat position predicting it.
-
-        Padded: one right-padded row per sequence. Packed: sequences placed first-fit into rows
-        as wide as the longest one, positions restarting at 0 for each, no attention mask, so
-        Hugging Face's mask builder keeps every sequence to itself (it reads the restarts of
-        `position_ids`); it saves work when a few long sequences would set the padded width.
-        Returns (kwargs for model(...), where (B, R) long: index into the flattened (rows * W)
-        positions whose logits predict each response token; 0 past a response's end, masked).
-        """
-        lengths = [len(x.prompt_ids) + len(x.response_ids) for x in micro]
-        W = max(lengths)
-        places = pack_rows(lengths, W) if packed else [(i, 0) for i in range(len(micro))]
-        rows = 1 + max(r for r, _ in places)
-        ids = torch.full((rows, W), self.pad_id, dtype=torch.long)  # (rows, W)
-        where = torch.zeros((len(micro), R), dtype=torch.long)  # (B, R)
-        for i, (x, (row, off)) in enumerate(zip(micro, places)):
-            p, r = len(x.prompt_ids), len(x.response_ids)
-            ids[row, off : off + p + r] = torch.tensor(x.prompt_ids + x.response_ids)
-            where[i, :r] = row * W + off + p - 1 + torch.arange(r)
-        if not packed:
-            attn = (torch.arange(W)[None, :] < torch.tensor(lengths)[:, None]).long()  # (B, W)
-            return {"input_ids": ids.to(self.device), "attention_mask": attn.to(self.device)}, where
-        pos = torch.zeros((rows, W), dtype=torch.long)  # (rows, W): 0.. per sequence, the tail its own run
-        used = [0] * rows
-        for n, (row, off) in zip(lengths, places):
-            pos[row, off : off + n] = torch.arange(n)
-            used[row] = max(used[row], off + n)
-        for row in range(rows):
-            pos[row, used[row]:] = torch.arange(W - used[row])
-        return {"input_ids": ids.to(self.device), "position_ids": pos.to(self.device), "use_cache": False}, where
+        """Model inputs on the device and the (B, R) positions predicting each response token
+        (spark_core/model/batching.py `layout`)."""
+        return layout(micro, R, packed, self.pad_id, self.device)
 
     def _use_packing(self) -> bool:
         """Packing if configured and, checked once per model, it gives the padded logits.
@@ -382,7 +285,7 @@ class Trainer:
         if not self.s.packing:
             return False
         if self._packing_ok is None:
-            self._packing_ok = _agree(packing_matches(self.net, self.pad_id, self.device))
+            self._packing_ok = agree(packing_matches(self.net, self.pad_id, self.device))
             if not self._packing_ok:
                 log.warning("%s: packed sequences give other logits than padded ones; training with padding",
                             type(self.net).__name__)
@@ -392,89 +295,8 @@ class Trainer:
 
     def save_state(self, path: Path, optimizer_state: dict | None = None) -> None:
         """Optimizer, scheduler and step counter beside a save_pretrained directory
-        (`optimizer_state`: the full state gathered from FSDP shards, spark_core/fsdp.py)."""
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        opt = optimizer_state if optimizer_state is not None else self.opt.state_dict()
-        torch.save({"optimizer": opt, "scheduler": self.sched.state_dict(), "step": self.step}, path / TRAINER_STATE)
+        (`optimizer_state`: the full state gathered from FSDP shards, spark_core/model/fsdp.py)."""
+        optimizer.save_state(path, self.opt, self.sched, self.step, optimizer_state)
 
     def load_state(self, path: Path) -> None:
-        sharded = self._sharded()
-        state = torch.load(Path(path) / TRAINER_STATE, map_location="cpu" if sharded else self.device, weights_only=False)
-        if sharded:
-            load_optimizer_state(self.model, self.opt, state["optimizer"])
-        else:
-            self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.step = state["step"]
-
-
-# --------------------------------------------------------------------------- layout helpers
-
-
-def _agree(flag: bool) -> bool:
-    """`flag` if every process found it (a check each rank made on its own): under torchrun the
-    ranks must take the same path, or their collectives would not match."""
-    if rank_world()[1] == 1:
-        return flag
-    import torch.distributed as dist
-
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
-
-
-def rank_world() -> tuple[int, int]:
-    """(rank, world size) under an initialised torch.distributed group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def pack_rows(lengths: Sequence[int], width: int) -> list[tuple[int, int]]:
-    """First-fit decreasing: (row, offset) per sequence so that no row exceeds `width`.
-
-    Deterministic (ties by index); every length must be <= width.
-    """
-    if any(n > width for n in lengths):
-        raise ValueError(f"a sequence of {max(lengths)} tokens does not fit rows of {width}")
-    fill: list[int] = []
-    places: list[tuple[int, int]] = [(0, 0)] * len(lengths)
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        row = next((r for r, used in enumerate(fill) if used + lengths[i] <= width), len(fill))
-        if row == len(fill):
-            fill.append(0)
-        places[i] = (row, fill[row])
-        fill[row] += lengths[i]
-    return places
-
-
-def _response_logits(model, inputs: dict, where: torch.Tensor) -> torch.Tensor:
-    """(B, R, V): the logits at the flat positions `where` (B, R) of model(**inputs)."""
-    logits = model(**inputs).logits  # (rows, W, V)
-    flat = logits.reshape(-1, logits.shape[-1])  # (rows * W, V)
-    return flat[where]  # (B, R, V)
-
-
-def packing_matches(model, pad_id: int, device, atol: float = 1e-4) -> bool:
-    """Whether two packed sequences give the logits they give padded (one short forward each)."""
-    a, b = [5, 6, 7, 8, 9, 10], [11, 12, 13]
-    vocab = model.get_input_embeddings().num_embeddings
-    a, b = [t % vocab for t in a], [t % vocab for t in b]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ids = torch.tensor([a, b + [pad_id] * 3], device=device)
-            attn = torch.tensor([[1] * 6, [1] * 3 + [0] * 3], device=device)
-            padded = model(input_ids=ids, attention_mask=attn).logits  # (2, 6, V)
-            packed = model(input_ids=torch.tensor([a + b], device=device),
-                           position_ids=torch.tensor([list(range(6)) + list(range(3))], device=device),
-                           use_cache=False).logits  # (1, 9, V)
-        return bool(torch.allclose(packed[0, :6], padded[0], atol=atol) and torch.allclose(packed[0, 6:], padded[1, :3], atol=atol))
-    finally:
-        model.train(was)
+        self.step = optimizer.load_state(path, self.model, self.opt, self.sched, self.device, self._sharded())

@@ -32,13 +32,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
-from spark_core.evaluate import verdict_of, verified_group
+from spark_core.evaluation.evaluate import verdict_of, verified_group
 from spark_core.periods import Task, solve_tasks
-from spark_core.problems import Problem
-from spark_core.recycle import recycle
-from spark_core.rollout import Sample
-from spark_core.templates import verdict_options
-from spark_core.trainer import Sequence_
+from spark_core.data.problems import Problem
+from spark_core.judge.recycle import recycle
+from spark_core.model.rollout import Sample
+from spark_core.judge.templates import verdict_options
+from spark_core.model.trainer import Sequence_
 from spark_core.verify import extract_answer, verify_response
 
 _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)

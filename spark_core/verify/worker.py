@@ -2,7 +2,7 @@
 
 One JSON request per line, `[pred, ref, timeout_s]`, answered by one line `[status, value]`
 with status `ok` (value: bool), `timeout` or `error` (value: message). Run as
-`python -m spark_core.verify_worker`; the parent kills it when a comparison overruns.
+`python -m spark_core.verify.worker`; the parent kills it when a comparison overruns.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from typing import Iterable, Sequence
 
-from spark_core.templates import candidate_text, pointwise_label, templates
+from spark_core.judge.templates import candidate_text, pointwise_label, templates
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ CACHE_PART = "recycle"
 
 def write_cache(run_dir, iteration: int, rows: Sequence[JudgeRow]):
     """Add one iteration's recycled rows to the `judge_data` table (partition = iteration made)."""
-    from spark_core.store import write_table
+    from spark_core.data.store import write_table
 
     return write_table(run_dir, "judge_data", [r.to_row() for r in rows], iteration=iteration, part=CACHE_PART)
 
@@ -244,7 +244,7 @@ def take_from_cache(run_dir, iteration: int, batch_prompts: int, balance_labels:
     """
     import pyarrow.parquet as pq
 
-    from spark_core.store import part_path, write_table
+    from spark_core.data.store import part_path, write_table
 
     available: list[JudgeRow] = []
     partitions: dict[int, list[dict]] = {}
@@ -273,7 +273,7 @@ def consumed_batch(run_dir, iteration: int) -> list[JudgeRow]:
     first, then reflection rows oldest first), read back from `judge_data`."""
     import pyarrow.parquet as pq
 
-    from spark_core.store import part_path
+    from spark_core.data.store import part_path
 
     rows: list[JudgeRow] = []
     for made in range(iteration + 1):

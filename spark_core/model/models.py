@@ -31,7 +31,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from spark_core.records import InputError
+from spark_core.data.records import InputError
 
 MODELS_DIR = Path("data/models")
 STAMP = "spark_model.json"  # written last into an imported directory: its presence means complete

@@ -337,7 +337,7 @@ def parquet_problem(path: Path) -> str | None:
 
 def checkpoint_problem(path: Path) -> str | None:
     """Why a checkpoint folder is incomplete (missing config or weights, a truncated index), or None."""
-    from spark_core.lora import adapter_problem, is_adapter_dir
+    from spark_core.model.lora import adapter_problem, is_adapter_dir
 
     path = Path(path)
     if not path.is_dir():

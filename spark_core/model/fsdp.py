@@ -1,13 +1,13 @@
 """FSDP2 for the train stage under torchrun (`train.fsdp`): parameters, gradients and optimizer
 state sharded over the processes, so each holds 1/P of them instead of a full copy.
 
-Only called inside an initialised process group (spark_core/train_worker.py). Three things keep
+Only called inside an initialised process group (spark_core/model/train_worker.py). Three things keep
 the update equal to the one-process one (tested within float rounding):
 - gradients are *summed* over the processes, not averaged (`set_gradient_divide_factor(1)`):
   each process's micro-batches are already weighted by the whole mini-batch's tokens;
 - every process runs the same number of forward/backward passes (FSDP's all-gathers and
   reduce-scatters are collectives): the trainer gives a process with one micro-batch fewer a
-  zero-weight repeat (spark_core/trainer.py);
+  zero-weight repeat (spark_core/model/trainer.py);
 - checkpoints stay in the one-process format: the full weights are gathered to rank 0 and saved
   with `save_pretrained`, the optimizer state is gathered and written with parameter indices as
   `torch.optim` does, so a run may switch `train.fsdp` or `train.processes` between stages.

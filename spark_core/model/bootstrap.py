@@ -1,7 +1,7 @@
 """`spark bootstrap`: build the tiny warm-start model from scratch on the CPU.
 
 There is no model hub here, so the default run trains its own: a byte-level tokenizer and a
-small Llama (spark_core/checkpoint.py), taught by supervised fine-tuning to
+small Llama (spark_core/model/checkpoint.py), taught by supervised fine-tuning to
 
 - **solve**: `12+34` -> `12+34=46. \\boxed{46}` (the problems' worked solutions);
 - **judge**, pointwise and pairwise (compact templates), with a *reason-then-verdict* trace:
@@ -42,17 +42,17 @@ from pathlib import Path
 
 import torch
 
-from spark_core.checkpoint import (
+from spark_core.model.checkpoint import (
     build_model,
     build_tokenizer,
     chat_prompt,
     save_checkpoint,
 )
 from spark_core.config import BootstrapConfig, SparkConfig
-from spark_core.problems import Problem, generate_problems
-from spark_core.recycle import Rollout
-from spark_core.rollout import HFEngine, SamplingSpec
-from spark_core.templates import pointwise_label, templates
+from spark_core.data.problems import Problem, generate_problems
+from spark_core.judge.recycle import Rollout
+from spark_core.model.rollout import HFEngine, SamplingSpec
+from spark_core.judge.templates import pointwise_label, templates
 from spark_core.verify import LABELS, extract_answer, normalize_label, verify_response
 
 log = logging.getLogger(__name__)

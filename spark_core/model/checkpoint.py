@@ -94,8 +94,8 @@ def save_checkpoint(model, tokenizer, path: Path) -> None:
 
 def check_model_dir(path: str | Path) -> Path:
     """The directory if it looks like a Hugging Face causal-LM checkpoint (or LoRA adapters on
-    one, spark_core/lora.py), else CheckpointError."""
-    from spark_core.lora import adapter_base, is_adapter_dir
+    one, spark_core/model/lora.py), else CheckpointError."""
+    from spark_core.model.lora import adapter_base, is_adapter_dir
 
     path = Path(path)
     if not path.is_dir():
@@ -128,10 +128,10 @@ def load_tokenizer(path: str | Path):
 @timed("model load/save")
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a directory, model in eval mode on `device`; a LoRA checkpoint
-    loads as its base with the adapters merged in (spark_core/lora.py)."""
+    loads as its base with the adapters merged in (spark_core/model/lora.py)."""
     from transformers import AutoModelForCausalLM
 
-    from spark_core import lora
+    from spark_core.model import lora
 
     tok = load_tokenizer(path)
     if lora.is_adapter_dir(path):

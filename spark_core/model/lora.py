@@ -1,7 +1,7 @@
 """LoRA adapters through peft (`train.lora`): train a few million adapter weights, not the model.
 
 A LoRA checkpoint is a folder with peft's `adapter_config.json` and `adapter_model.safetensors`,
-the tokenizer, the trainer state (optimizer over the adapters only, spark_core/trainer.py) and
+the tokenizer, the trainer state (optimizer over the adapters only, spark_core/model/trainer.py) and
 `spark_adapter.json`, which names the base model the adapters were made on (the run's start
 model: the base, or its format warm-up). It is megabytes, not gigabytes, and every reader
 resolves it against that base:
@@ -47,7 +47,7 @@ def adapter_problem(path: Path) -> str | None:
 
 def adapter_base(path: str | Path) -> Path:
     """The base model directory an adapter checkpoint applies to; CheckpointError if it is gone."""
-    from spark_core.checkpoint import CheckpointError
+    from spark_core.model.checkpoint import CheckpointError
 
     path = Path(path)
     try:
@@ -81,7 +81,7 @@ def load_trainable(path: str | Path, device="cpu"):
     """(peft model with the checkpoint's adapters trainable, tokenizer)."""
     from peft import PeftModel
 
-    from spark_core.checkpoint import load_checkpoint, load_tokenizer
+    from spark_core.model.checkpoint import load_checkpoint, load_tokenizer
 
     base, _ = load_checkpoint(adapter_base(path), device)
     with _quiet():
@@ -95,7 +95,7 @@ def merged(path: str | Path, device="cpu", dtype=None):
     import torch
     from peft import PeftModel
 
-    from spark_core.checkpoint import load_checkpoint
+    from spark_core.model.checkpoint import load_checkpoint
 
     base, _ = load_checkpoint(adapter_base(path), device, dtype or torch.float32)
     with _quiet():

@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from spark_core.store import SCHEMAS, UNPARTITIONED, DUCKDB_TYPES, table_root
+from spark_core.data.store import SCHEMAS, UNPARTITIONED, DUCKDB_TYPES, table_root
 
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 

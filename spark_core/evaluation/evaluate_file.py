@@ -15,15 +15,15 @@ import os
 from pathlib import Path
 
 from spark_core.config import SparkConfig
-from spark_core.evaluate import JudgeItem, policy_metrics, run_judge_set, tts_best_of_n, tts_compare, tts_reflect
-from spark_core.problems import Problem, load_problems, problem_sets
-from spark_core.records import InputError, read_records
-from spark_core.rollout import make_engine
-from spark_core.templates import JUDGE_INPUTS, candidate_text, templates
+from spark_core.evaluation.evaluate import JudgeItem, policy_metrics, run_judge_set, tts_best_of_n, tts_compare, tts_reflect
+from spark_core.data.problems import Problem, load_problems, problem_sets
+from spark_core.data.records import InputError, read_records
+from spark_core.model.rollout import make_engine
+from spark_core.judge.templates import JUDGE_INPUTS, candidate_text, templates
 from spark_core.verify import extract_answer
 
 BENCHMARKS = ("gsm8k", "math500", "aime24", "amc23")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def benchmarks_dir() -> Path:
@@ -61,7 +61,7 @@ def eval_benchmark(cfg: SparkConfig, checkpoint: Path, benchmark: str, tts: str 
     try:
         m, answers = policy_metrics(eng, problems, samples, r.max_new_tokens, cfg.seed, solve)
         if responses is not None:
-            from spark_core.store import atomic_write_bytes
+            from spark_core.data.store import atomic_write_bytes
 
             rows = [{"id": p.id, "question": p.question, "answer": p.answer, "response": a} for p, a in zip(problems, answers)]
             atomic_write_bytes(Path(responses), "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows).encode())
@@ -74,7 +74,7 @@ def eval_benchmark(cfg: SparkConfig, checkpoint: Path, benchmark: str, tts: str 
                                    cfg.seed, solve, greedy_answers=answers)
             m |= cm
             if samples_out is not None:
-                from spark_core.store import atomic_write_bytes
+                from spark_core.data.store import atomic_write_bytes
 
                 atomic_write_bytes(Path(samples_out), "".join(json.dumps(x) + "\n" for x in rows).encode())
     finally:

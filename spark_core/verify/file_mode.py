@@ -15,8 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from spark_core.records import InputError, field_names, read_records
-from spark_core.store import atomic_write_parquet
+from spark_core.data.records import InputError, field_names, read_records
+from spark_core.data.store import atomic_write_parquet
 from spark_core.verify import DEFAULT_TIMEOUT_S, EXTRACT_MODES, number_text, verify_response
 
 #: Longest response or reference verified, in characters; longer ones are a row error.

@@ -1,6 +1,6 @@
 """One format warm-up per (base model, warm-up recipe, seed), shared by every run that asks for it.
 
-The warm-up (spark_core/warmup.py) is a function of the base model's weights, the warm-up
+The warm-up (spark_core/model/warmup.py) is a function of the base model's weights, the warm-up
 config, the seed and what the stage reads besides (the training problems it draws from, the
 solve prompt and system message, the sampling settings, the judge templates, the trainer
 knobs it uses). `warmup_key` hashes exactly those, so every run, arm and seed that would make
@@ -73,7 +73,7 @@ def warmups_root(base: Path, run_dir: Path) -> Path:
 
 def is_complete(path: Path) -> bool:
     """Whether a shared warm-up folder is whole (it is renamed into place only once it is)."""
-    from spark_core.store import checkpoint_problem
+    from spark_core.data.store import checkpoint_problem
 
     return (Path(path) / INFO).is_file() and (Path(path) / EXAMPLES).is_file() and checkpoint_problem(path) is None
 

@@ -1,6 +1,6 @@
 """One process of a `train.processes` > 1 train stage, started by torchrun (never by hand):
 
-    python -m torch.distributed.run --standalone --nproc-per-node P -m spark_core.train_worker \
+    python -m torch.distributed.run --standalone --nproc-per-node P -m spark_core.model.train_worker \
         CONFIG.json RUN K PHASE RESULT.json
 
 Joins the process group (gloo on CPU, NCCL on CUDA, one GPU per local rank), runs

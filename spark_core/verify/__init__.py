@@ -1,4 +1,6 @@
 """Answer extraction and equivalence: the verifier every reward in SPARK goes through.
+(This package is the verifier; `worker` is its math-verify helper process, `file_mode` the
+`spark verify` command over a file.)
 
 Three separate steps, as in verl's reward_score modules:
 
@@ -308,7 +310,7 @@ class _Worker:
 
     def _start(self) -> None:
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "spark_core.verify_worker"],
+            [sys.executable, "-m", "spark_core.verify.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0,
         )
         self._buf = b""

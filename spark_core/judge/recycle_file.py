@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from spark_core.records import InputError, field_names, read_records
-from spark_core.recycle import RecycleResult, Rollout, recycle
-from spark_core.store import SCHEMAS, atomic_write_parquet
-from spark_core.templates import JUDGE_INPUTS, TEMPLATE_SETS
+from spark_core.data.records import InputError, field_names, read_records
+from spark_core.judge.recycle import RecycleResult, Rollout, recycle
+from spark_core.data.store import SCHEMAS, atomic_write_parquet
+from spark_core.judge.templates import JUDGE_INPUTS, TEMPLATE_SETS
 from spark_core.verify import extract_answer, number_text, verify_response
 
 REQUIRED = ("prompt_id", "question", "response")

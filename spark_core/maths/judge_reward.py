@@ -33,7 +33,7 @@ has collapsed to one verdict gets no signal to leave it ("Incentivizing LLMs to 
 arXiv 2506.01369, scores the verifier by the probability of the right verdict instead). Here,
 per judge sample i with hard reward r_i (0/1) and p_i = P(right verdict | prompt, its own
 trace up to the verdict), teacher-forced under the sampling distribution
-(spark_core/verdict_prob.py; p_i = 0 when no verdict was given, as its r_i is 0):
+(spark_core/maths/verdict_prob.py; p_i = 0 when no verdict was given, as its r_i is 0):
 
 - **trace tokens** (before the verdict) get A_i = (p_i - mean_g p) / s_g;
 - **the verdict token and those after it** get V_i = (r_i - p_i) / s_g;

@@ -1,6 +1,6 @@
 """P(right verdict | prompt, own trace): the judge's expected reward, teacher-forced.
 
-For `spark.judge_reward: expected` (spark_core/judge_reward.py). A judge response ends in
+For `spark.judge_reward: expected` (spark_core/maths/judge_reward.py). A judge response ends in
 `\\boxed{Yes}` / `\\boxed{No}` (or A / B); its verdict position is the response token in which
 the last box's content begins. The model is run on the prompt and the response up to that
 token, once, and its next-token distribution (at the sampling temperature) is summed over the
