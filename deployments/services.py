@@ -24,7 +24,8 @@ import time
 from pathlib import Path
 
 from flows.local import http_status
-from spark_core.tracking import REPO, default_data_dir
+from spark_core import REPO
+from spark_core.tracking import default_data_dir
 
 DEFAULT_PORT = 4200
 DEFAULT_MLFLOW_PORT = 5000

@@ -12,8 +12,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY=$REPO/.venv/bin/python
 WORK=$(mktemp -d /tmp/old-run-resumes.XXXX)
 git -C "$REPO" worktree add --detach "$WORK/old" "$OLD" >/dev/null
-trap 'git -C "$REPO" worktree remove --force "$WORK/old"' EXIT
-ln -s "$REPO/data/tiny-model" "$WORK/old/data/tiny-model" 2>/dev/null || true
+trap 'git -C "$REPO" worktree remove --force "$WORK/old"; echo "run folders in $WORK"' EXIT
 # the old code, from its own tree (PYTHONPATH first), in the current checkout's directory so the
 # config's relative paths (data/tiny-model) mean the same thing; -P keeps the cwd off sys.path
 (cd "$REPO" && PYTHONPATH="$WORK/old" "$PY" -P -c "import spark_core, sys; assert spark_core.__file__.startswith('$WORK/old'), spark_core.__file__; from spark_cli.main import app; sys.argv=['spark','iterate','-c','$CONFIG','--run','$WORK/resumed','--iterations','1']; app()")
@@ -30,11 +29,10 @@ a, b, old = work / "resumed", work / "unbroken", work / "manifests-old"
 redone = [str(m.relative_to(old)) for m in sorted(old.rglob("*.json"))
           if json.loads(m.read_text()).get("finished_at") != json.loads((a / "manifests" / m.relative_to(old)).read_text()).get("finished_at")]
 print(f"old manifests: {len(list(old.rglob('*.json')))}, redone by the new code: {redone or 'none'}")
-def timeless(t):  # wall-clock columns differ between any two runs, `run` is the folder's name
-    return t.drop([c for c in t.column_names if c in ("seconds", "run") or c.endswith(("_seconds", "_at", "_s"))])
+def timeless(t):  # `seconds` (wall clock) differs between any two runs, `run` is the folder's name
+    return t.drop([c for c in t.column_names if c in ("seconds", "run")])
 tables = sorted(p.relative_to(b) for p in b.rglob("*.parquet"))
 diff = [str(t) for t in tables if not (a / t).exists() or not timeless(pq.read_table(a / t)).equals(timeless(pq.read_table(b / t)))]
 print(f"tables: {len(tables)}, differing (wall-clock and run-name columns aside): {diff or 'none'}")
 sys.exit(1 if diff or redone else 0)
 PY
-echo "run folders in $WORK"

@@ -15,9 +15,10 @@ from pathlib import Path
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel
 
+from spark_core import REPO
 from spark_core.config import SparkConfig
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+OUT = REPO / "docs" / "config.md"
 HEADER = """# Configuration reference
 
 Generated from `spark_core/config.py` by `python -m spark_core.config_doc`; do not edit by hand

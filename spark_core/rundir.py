@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from spark_core import REPO
 from spark_core import progress
 from spark_core.model.checkpoint import CheckpointError, check_model_dir
 from spark_core.config import SparkConfig, config_hash, stable_resolved
@@ -88,7 +89,7 @@ def resolve_path(path: str | Path) -> Path:
     path = Path(path)
     if path.is_absolute() or path.exists():
         return path
-    return Path(__file__).resolve().parents[1] / path
+    return REPO / path
 
 
 def base_model(cfg: SparkConfig) -> Path:

@@ -17,6 +17,7 @@ import re
 import time
 from pathlib import Path
 
+from spark_core import REPO
 from spark_core.config import SparkConfig
 from spark_core.data.store import atomic_write_bytes, read_manifest
 from spark_core.timing import timed
@@ -26,7 +27,6 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "spark"
 EXPERIMENT_ARMS = "spark-experiment"  # where `spark experiment` nests its arms
 MARKER = "iteration"  # logged with each iteration's batch; its history says which are done
-REPO = Path(__file__).resolve().parents[1]
 
 
 def default_data_dir() -> Path:

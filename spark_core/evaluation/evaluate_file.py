@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from spark_core import REPO
 from spark_core.config import SparkConfig
 from spark_core.evaluation.evaluate import JudgeItem, policy_metrics, run_judge_set, tts_best_of_n, tts_compare, tts_reflect
 from spark_core.data.problems import Problem, load_problems, problem_sets
@@ -23,7 +24,6 @@ from spark_core.judge.templates import JUDGE_INPUTS, candidate_text, templates
 from spark_core.verify import extract_answer
 
 BENCHMARKS = ("gsm8k", "math500", "aime24", "amc23")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def benchmarks_dir() -> Path:
