@@ -16,7 +16,7 @@ def test_there_are_probes_and_no_benchmark_is_a_probe():
     assert len(PROBES) >= 10
     bench = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
     assert bench <= {"bench_compile.py", "bench_memory.py", "bench_pipeline.py", "bench_real.py", "bench_scale.py",
-                     "bench_rollout.py", "bench_trl.py", "bench_verify.py",
+                     "bench_rollout.py", "bench_trl.py", "bench_verify.py", "bench_vllm.py",
                      "gpu_check.py"}, bench
 
 
