@@ -38,7 +38,7 @@ def one(engine: str, model: str, benchmark: str, samples: list[int], tokens: lis
     import torch
 
     from spark_core.data.problems import load_problems
-    from spark_core.model.rollout import SamplingSpec, make_engine
+    from spark_core.model.rollout import SamplingSpec, VLLMEngine, make_engine
     from spark_core.periods import solve_tasks
 
     prompts = [t.prompt for t in solve_tasks(load_problems(benchmark)[: max(samples) // GROUP], "concise")]
@@ -46,8 +46,7 @@ def one(engine: str, model: str, benchmark: str, samples: list[int], tokens: lis
     if engine == "hf":
         eng = make_engine("hf", model, device="cpu", dtype=dtype)
     else:
-        eng = make_engine("vllm", model, dtype=dtype, seed=0, enforce_eager=engine == "vllm-eager",
-                          max_model_len=1024)
+        eng = VLLMEngine(model, dtype=dtype, seed=0, enforce_eager=engine == "vllm-eager", max_model_len=1024)
     eng.generate(prompts[:1], SamplingSpec(group_size=1, max_new_tokens=4, seed=0))
     load_s = time.perf_counter() - start
     rows = []

@@ -19,9 +19,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def sample(model: str, prompts: list[str], group: int, max_new: int):
-    from spark_core.model.rollout import SamplingSpec, make_engine
+    from spark_core.model.rollout import SamplingSpec, VLLMEngine
 
-    eng = make_engine("vllm", model, dtype="float32", seed=0, enforce_eager=True, max_model_len=1024)
+    eng = VLLMEngine(model, dtype="float32", seed=0, enforce_eager=True, max_model_len=1024)
     try:
         return eng.generate(prompts, SamplingSpec(group_size=group, temperature=1.0, max_new_tokens=max_new, seed=0)), eng.eos_ids
     finally:

@@ -148,6 +148,14 @@ class RolloutConfig(_Section):
     """Longest policy response, in tokens."""
     judge_max_new_tokens: int = Field(96, ge=1)
     """Longest judge or reflection response, in tokens."""
+    vllm_python: str = "auto"
+    """The interpreter that runs the vllm engine's process: `auto` is this one when it imports vllm, else the checkout's `.venv-vllm` (`scripts/setup.sh --vllm`)."""
+    vllm_compile: bool = False
+    """Let vLLM compile its graphs: faster sampling, but a start-up of minutes on a CPU (376 s against 48 s eager here); eager when false."""
+    logprob_check: Literal["auto", "always", "never"] = "auto"
+    """Recompute the sampled tokens' log-probs with the trainer's model code after each training rollout and report the difference in the rollout manifest: `auto` for engines other than `hf`."""
+    logprob_tolerance: float = Field(1e-3, ge=0)
+    """Mean |engine - recomputed| log-prob above which the recomputed log-probs replace the engine's as the trainer's old log-probs (as verl and TRL recompute them)."""
     shards: int = Field(1, ge=1)
     """S: split each rollout stage's prompts into S shards, each its own task run on the configured runner, sampling seeded from (seed, iteration, phase, shard), and the verify stage's verdicts likewise (the rewards are then the unsharded ones); 1: one unsharded stage."""
 
@@ -394,7 +402,7 @@ class SparkConfig(_Section):
 #: Fields added after runs were made: left out of hashes while at their defaults, so an
 #: existing run (and an experiment's arms) keeps its hash and resumes.
 _LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": None, "ray": None,
-                "rollout": ("shards",), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes", "fsdp", "lora"),
+                "rollout": ("shards", "vllm_python", "vllm_compile", "logprob_check", "logprob_tolerance"), "train": ("blocked_logits", "gradient_checkpointing", "bf16_autocast", "processes", "fsdp", "lora"),
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward", "format_penalty")}
 # Fields added to a section after the section itself: dropped at their defaults where the
 # section stays (a run made before keeps its hash, and a shared warm-up its key).

