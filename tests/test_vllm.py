@@ -128,13 +128,15 @@ def _group_of(pid: int) -> list[int]:
 
 
 def _worker_of(parent: int) -> int | None:
+    """The vllm_worker process whose parent is `parent`."""
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
                 cmd = (p / "cmdline").read_bytes().split(b"\0")
-            except OSError:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError):
                 continue
-            if b"spark_core.model.vllm_worker" in cmd and str(parent).encode() in cmd:
+            if b"spark_core.model.vllm_worker" in cmd and ppid == parent:
                 return int(p.name)
     return None
 

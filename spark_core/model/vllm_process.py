@@ -57,12 +57,10 @@ def merge_adapters(path: Path) -> Path:
     import torch
 
     from spark_core.model import lora
-    from spark_core.model.checkpoint import load_tokenizer
+    from spark_core.model.checkpoint import load_tokenizer, save_checkpoint
 
     out = Path(tempfile.mkdtemp(prefix=f".{path.name}-merged-", dir=path.parent))
-    model = lora.merged(path, "cpu", torch.float32)
-    model.save_pretrained(out)
-    load_tokenizer(path).save_pretrained(out)
+    save_checkpoint(lora.merged(path, "cpu", torch.float32), load_tokenizer(path), out)
     gen = lora.adapter_base(path) / "generation_config.json"
     if gen.is_file():  # the base's end tokens (vLLM and end_token_ids read it)
         shutil.copy(gen, out / gen.name)
@@ -85,15 +83,13 @@ class VLLMProcessEngine:
         self.merged: Path | None = None
         self.proc: subprocess.Popen | None = None
         self.keep_log = False
-        t0 = time.monotonic()
         if is_adapter_dir(path):
             self.merged = merge_adapters(path)
-        self.merge_seconds = time.monotonic() - t0
         fd, log_path = tempfile.mkstemp(prefix="spark-vllm-", suffix=".log")
         os.close(fd)
         self.log_path = Path(log_path)
         cmd = [exe, "-m", "spark_core.model.vllm_worker", "--model", str(self.merged or path), "--dtype", dtype,
-               "--seed", str(seed), "--parent", str(os.getpid())]
+               "--seed", str(seed)]
         if system is not None:
             cmd += ["--system", system]
         if compile:
@@ -106,14 +102,13 @@ class VLLMProcessEngine:
             with open(self.log_path, "w") as err:
                 self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                              env=env, start_new_session=True, bufsize=1)
-            t1 = time.monotonic()
+            t0 = time.monotonic()
             ready = self._reply()
         except BaseException:
             self.close()
             raise
-        self.start_seconds = time.monotonic() - t1
         self.eos_ids = list(ready["eos_ids"])
-        log.info("vLLM worker %d ready in %.1fs (%s)", self.proc.pid, self.start_seconds, exe)
+        log.info("vLLM worker %d ready in %.1fs (%s)", self.proc.pid, time.monotonic() - t0, exe)
 
     def _reply(self) -> dict:
         line = self.proc.stdout.readline()

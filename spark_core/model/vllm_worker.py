@@ -22,8 +22,11 @@ import time
 from dataclasses import asdict
 
 
-def _die_with_parent(parent: int, every_s: float = 0.5) -> None:
-    """Kill this process group (this worker and vLLM's engine core) once `parent` is gone."""
+def _die_with_parent(every_s: float = 0.5) -> None:
+    """Kill this process group (this worker and vLLM's engine core) once the process that
+    started this one is gone (this process is then re-parented)."""
+    parent = os.getppid()
+
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(every_s)
@@ -40,10 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--system", default=None)
     p.add_argument("--compile", action="store_true", help="let vLLM compile (slower start, faster steps)")
     p.add_argument("--max-model-len", type=int, default=None)
-    p.add_argument("--parent", type=int, default=None, help="pid whose death ends this process group")
     a = p.parse_args(argv)
-    if a.parent is not None:
-        _die_with_parent(a.parent)
+    _die_with_parent()
     # The protocol keeps the stdout this process was given; everything else printed here (vLLM
     # logs to stdout) goes to stderr, in the engine-core process too (it inherits fd 1).
     reply = os.fdopen(os.dup(1), "w", buffering=1)
