@@ -291,6 +291,9 @@ class WarmupConfig(_Section):
     balance_verdicts: bool = False
     """Judge examples take, where a prompt's samples offer it, the verdict trained least so far
     (the model's own verdicts, never the label), so the pass does not teach one verdict for all."""
+    shortest_answers: bool = False
+    """Each solve example is the prompt's shortest correct finished answer, not a random one: a
+    pass that picks verbose answers teaches answers that run out of `rollout.max_new_tokens`."""
 
 
 class SparkMethodConfig(_Section):
@@ -406,7 +409,7 @@ _LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": 
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward", "format_penalty")}
 # Fields added to a section after the section itself: dropped at their defaults where the
 # section stays (a run made before keeps its hash, and a shared warm-up its key).
-_LATER_FIELDS = {"warmup": ("balance_verdicts",)}
+_LATER_FIELDS = {"warmup": ("balance_verdicts", "shortest_answers")}
 
 
 def stable_resolved(cfg: "SparkConfig") -> dict:

@@ -88,19 +88,20 @@ def test_balanced_judge_examples_take_the_verdict_trained_least():
     assert judge_examples(tasks, groups, random.Random(0)) == plain  # off: unchanged, seeded
 
 
-def test_balance_verdicts_at_its_default_keeps_hashes_and_warmup_keys(tmp_path):
+@pytest.mark.parametrize("field", ["balance_verdicts", "shortest_answers"])
+def test_a_later_warmup_field_at_its_default_keeps_hashes_and_warmup_keys(tmp_path, field):
     from spark_core.config import stable_resolved
     from spark_core.model.shared_warmup import warmup_key
 
     on = SparkConfig.model_validate({"warmup": {"enabled": True}})
-    before = {k: v for k, v in on.warmup.model_dump(mode="json").items() if k != "balance_verdicts"}
-    assert stable_resolved(on)["warmup"] == before  # what the hash and the warm-up key saw before the field
-    balanced = SparkConfig.model_validate({"warmup": {"enabled": True, "balance_verdicts": True}})
-    assert balanced.hash() != on.hash()
+    before = {k: v for k, v in on.warmup.model_dump(mode="json").items() if k not in ("balance_verdicts", "shortest_answers")}
+    assert stable_resolved(on)["warmup"] == before  # what the hash and the warm-up key saw before the fields
+    changed = SparkConfig.model_validate({"warmup": {"enabled": True, field: True}})
+    assert changed.hash() != on.hash()
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    assert warmup_key(on, model) != warmup_key(balanced, model)
+    assert warmup_key(on, model) != warmup_key(changed, model)
 
 
 def test_solve_examples_are_correct_finished_and_boxed():
@@ -109,6 +110,19 @@ def test_solve_examples_are_correct_finished_and_boxed():
     ex = solve_examples([task], groups, random.Random(0))
     assert [e.target for e in ex] == ["3 + 54 equals 57.\nThe final answer is \\boxed{57}."]
     assert boxed_text("so \\boxed{57}", "57") == "so \\boxed{57}"
+
+
+def test_shortest_answers_take_the_fewest_tokens_among_the_correct_finished_ones():
+    task = Task("p1", "solve", "3+54 ...", "57", "3+54")
+    long = Sample(0, 0, "Step 1: add 3 and 54. Step 2: the sum is 57. \\boxed{57}", list(range(20)), [0.0] * 20, "stop", 5)
+    short = Sample(0, 1, "\\boxed{57}", list(range(6)), [0.0] * 6, "stop", 5)
+    cut = Sample(0, 2, "\\boxed{57}", list(range(3)), [0.0] * 3, "length", 5)  # shorter, but not finished
+    wrong = Sample(0, 3, "\\boxed{58}", list(range(2)), [0.0] * 2, "stop", 5)
+    picks = {solve_examples([task], [[long, short, cut, wrong]], random.Random(seed), shortest=True)[0].sampled
+             for seed in range(8)}
+    assert picks == {short.text}
+    anyone = {solve_examples([task], [[long, short, cut, wrong]], random.Random(seed))[0].sampled for seed in range(8)}
+    assert anyone == {long.text, short.text}  # off: a random correct finished answer, as before
 
 
 def test_strict_parse_rates():

@@ -9,7 +9,7 @@ samples (rejection sampling), and never a verdict from a label:
 1. sample `samples` answers to `problems` training problems (the configured solve prompt);
 2. solve examples: answers that are correct (by any extraction rule) and finished on an end
    token, rewritten so they end in `\\boxed{answer}` when they did not (the model's own
-   reasoning and its own answer, in the format);
+   reasoning and its own answer, in the format); one per prompt, at random or the shortest;
 3. judge examples: the answers are recycled by the real rules into judge prompts, the model
    samples responses to `judge_prompts` of them, and each prompt contributes one response
    whose verdict can be read leniently (a box, else the last `Yes`/`No`, `A`/`B` it states),
@@ -93,8 +93,10 @@ def strict_parsed(task: Task, text: str) -> bool:
     return v is not None and v in {o.casefold() for o in verdict_options(task.label)}
 
 
-def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random) -> list[Example]:
-    """At most one example per prompt: a correct, finished answer, boxed (rejection sampling)."""
+def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random,
+                   shortest: bool = False) -> list[Example]:
+    """At most one example per prompt: a correct, finished answer, boxed (rejection sampling);
+    `shortest` (`warmup.shortest_answers`): the one with the fewest tokens (ties: at random)."""
     out = []
     for t, g in zip(tasks, groups):
         ok = []
@@ -102,6 +104,9 @@ def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rn
             v = verify_response(s.text, t.label)
             if v.correct and s.finish_reason == "stop" and v.extracted is not None:
                 ok.append((s, v.extracted))
+        if ok and shortest:
+            fewest = min(len(s.token_ids) for s, _ in ok)
+            ok = [(s, a) for s, a in ok if len(s.token_ids) == fewest]
         if ok:
             s, ans = rng.choice(ok)
             target = boxed_text(s.text, ans)

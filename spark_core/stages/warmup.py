@@ -85,8 +85,8 @@ def _make_warmup(cfg: SparkConfig, run_dir: Path, base: Path, shared: Path, key:
     rng = random.Random(f"{cfg.seed}|warmup-examples")
     refl = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind == "reflection"]
     judg = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind != "reflection"]
-    examples = (warmup.solve_examples(tasks, groups, rng)
-                + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng)
+    examples = (warmup.solve_examples(tasks, groups, rng, w.shortest_answers)
+                + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng, w.shortest_answers)
                 + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng, w.balance_verdicts))
     if not examples:
         raise ValueError("warm-up: no sampled response was usable (none correct and finished, no readable "
