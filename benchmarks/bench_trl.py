@@ -14,15 +14,26 @@ This project runs twice: in-process (`run_period`, the same loop TRL runs) and a
 pipeline (`spark.mode: policy_only` through `run_iteration`: every stage reads and writes its
 files and reloads the checkpoint, which is what restartability costs).
 
+The real model (issue 28): a config with `train.lora` (configs/qwen2.5-coder-0.5b-cpu.yaml) gives
+TRL the same peft LoRA config (`peft_config`: rank, alpha, dropout, target modules; its KL
+reference is the model with adapters disabled, as here), the same prompts through the same chat
+template and system message, the same reward (`spark.format_penalty` included), bf16 autocast when
+the config trains with it, and compares TRL with the staged pipeline (the in-process loop is
+full-weight only). Both start from the base model (the warm-up is off: it is not part of the
+timed work). Each system runs in a process of its own, so its peak RSS is its own.
+
 Needs the `bench` extra (`pip install -e .[bench]`: trl, accelerate).
 Run: `.venv/bin/python benchmarks/bench_trl.py [--batches 8] [--threads 2] [--seeds 0 1 2]`
+Real model: `.venv/bin/python benchmarks/bench_trl.py --config configs/qwen2.5-coder-0.5b-cpu.yaml --batches 8 --held-out 100`
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,9 +48,10 @@ from spark_core.model.checkpoint import load_checkpoint  # noqa: E402
 from spark_core.config import SparkConfig, load_config  # noqa: E402
 from spark_core.evaluation.evaluate import policy_metrics  # noqa: E402
 from spark_core.rundir import policy_problems  # noqa: E402
-from spark_core.periods import run_period, solve_tasks  # noqa: E402
+from spark_core.periods import in_format, reward_of, run_period, solve_tasks  # noqa: E402
 from spark_core.data.problems import generate_problems  # noqa: E402
-from spark_core.model.rollout import HFEngine, SamplingSpec  # noqa: E402
+from spark_core.data.prompts import solve_prompt  # noqa: E402
+from spark_core.model.rollout import HFEngine, SamplingSpec, pick_dtype  # noqa: E402
 from spark_core.model.trainer import Trainer, TrainSettings  # noqa: E402
 from spark_core.verify import verify_response  # noqa: E402
 
@@ -49,8 +61,12 @@ def prompt_batches(cfg: SparkConfig, train, batches: int):
     return [policy_problems(cfg, train, k) for k in range(batches)]
 
 
-def held_out_accuracy(model, tok, held) -> float:
-    return policy_metrics(HFEngine(model, tok, device="cpu"), held, 0, 48, 0)[0]["policy_accuracy"]
+def held_out_accuracy(model, tok, held, cfg: SparkConfig) -> float:
+    """Greedy accuracy as the pipeline's evaluate stage measures it: the config's prompt, system
+    message, answer length and sampling dtype (bf16 on a CPU that has it natively, for the real model)."""
+    model = model.to(pick_dtype(cfg.rollout.dtype, torch.device("cpu")))
+    engine = HFEngine(model, tok, device="cpu", system=cfg.prompts.system)
+    return policy_metrics(engine, held, 0, cfg.rollout.max_new_tokens, 0, cfg.prompts.solve)[0]["policy_accuracy"]
 
 
 def run_ours(cfg, batches, held):
@@ -68,10 +84,10 @@ def run_ours(cfg, batches, held):
         steps += len(run_period(engine, trainer, solve_tasks(problems), spec, "policy")[1])
     seconds = time.monotonic() - start
     return {"system": "spark (in-process loop)", "seconds": seconds, "steps": steps,
-            "held_out_accuracy": held_out_accuracy(model, tok, held)}
+            "held_out_accuracy": held_out_accuracy(model, tok, held, cfg)}
 
 
-def run_pipeline(cfg: SparkConfig, n: int, held):
+def run_pipeline(cfg: SparkConfig, batches, held):
     from spark_core.iteration import run_iteration
     from spark_core.rundir import checkpoint_dir
     from spark_core.stages.problems import prepare_problems
@@ -80,7 +96,9 @@ def run_pipeline(cfg: SparkConfig, n: int, held):
     data = cfg.resolved()
     data["spark"]["mode"] = "policy_only"
     data["eval"]["every"] = 10**6  # no evaluation inside the timed loop
+    data["warmup"]["enabled"] = False  # the same start as TRL's: the base model
     cfg = SparkConfig.model_validate(data)
+    n = len(batches)
     prepare_problems(cfg, run)
     start = time.monotonic()
     for k in range(n):
@@ -89,9 +107,11 @@ def run_pipeline(cfg: SparkConfig, n: int, held):
     import pyarrow.parquet as pq
 
     steps = sum(pq.read_table(p).num_rows for p in (run / "tables" / "updates").rglob("*.parquet"))
-    model, tok = load_checkpoint(checkpoint_dir(run, n - 1))
-    out = {"system": "spark (staged pipeline)", "seconds": seconds, "steps": steps,
-           "held_out_accuracy": held_out_accuracy(model, tok, held)}
+    tokens = sum(sum(pq.read_table(p, columns=["response_tokens"]).column(0).to_pylist())
+                 for p in (run / "tables" / "rollouts").rglob("*.parquet"))
+    model, tok = load_checkpoint(checkpoint_dir(run, n - 1))  # adapters merged in
+    out = {"system": "spark (staged pipeline)", "seconds": seconds, "steps": steps, "completion_tokens": tokens,
+           "held_out_accuracy": held_out_accuracy(model, tok, held, cfg)}
     shutil.rmtree(run, ignore_errors=True)
     return out
 
@@ -100,13 +120,22 @@ def run_trl(cfg, batches, held):
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    model, tok = load_checkpoint(ROOT / cfg.model.path)
-    rows = [{"prompt": [{"role": "user", "content": p.question}], "answer": p.answer} for b in batches for p in b]
+    from spark_core.model import lora
 
-    def reward(completions, answer, **_):
-        return [1.0 if verify_response(c[0]["content"], a).correct else 0.0 for c, a in zip(completions, answer)]
+    model, tok = load_checkpoint(ROOT / cfg.model.path)
+    system = [{"role": "system", "content": cfg.prompts.system}] if cfg.prompts.system else []
+    rows = [{"prompt": system + [{"role": "user", "content": solve_prompt(cfg.prompts.solve, p.question)}], "answer": p.answer}
+            for b in batches for p in b]
+
+    def reward(completions, answer, **_):  # the pipeline's solve reward (spark_core/periods.py: score)
+        out = []
+        for c, a in zip(completions, answer):
+            v = verify_response(c[0]["content"], a)
+            out.append(reward_of(v.correct, in_format("solve", v.rule, v.extracted, a), cfg.spark.format_penalty))
+        return out
 
     r, t = cfg.rollout, cfg.train
+    bf16 = t.bf16_autocast and pick_dtype("bf16_if_native", torch.device("cpu")) == torch.bfloat16
     per_step = t.mini_batch_size
     gen_batch = r.batch_prompts * r.group_size
     out_dir = tempfile.mkdtemp(prefix="bench-trl-")
@@ -116,31 +145,60 @@ def run_trl(cfg, batches, held):
         temperature=r.temperature, top_p=r.top_p, top_k=0, learning_rate=t.lr, lr_scheduler_type="constant",
         warmup_steps=0, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0, max_grad_norm=1.0, beta=t.beta,
         epsilon=t.clip_low, epsilon_high=t.clip_high, loss_type="dapo", num_iterations=1, gradient_checkpointing=False,
-        use_cpu=True, bf16=False, max_steps=len(batches) * gen_batch // per_step, shuffle_dataset=False,
+        use_cpu=True, bf16=bf16, max_steps=len(batches) * gen_batch // per_step, shuffle_dataset=False,
         logging_steps=gen_batch // per_step, save_strategy="no", report_to="none", seed=cfg.seed, disable_tqdm=True,
         dataloader_num_workers=0,
     )
     trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tok)
+                          processing_class=tok, peft_config=lora.peft_config(t.lora) if t.lora else None)
     start = time.monotonic()
     result = trainer.train()
     seconds = time.monotonic() - start
     shutil.rmtree(out_dir, ignore_errors=True)
-    return {"system": f"TRL {__import__('trl').__version__} GRPOTrainer", "seconds": seconds,
-            "steps": result.global_step, "held_out_accuracy": held_out_accuracy(trainer.model, tok, held)}
+    # One log entry per generation batch (logging_steps): its completions' mean length.
+    tokens = sum(h["completions/mean_length"] * gen_batch for h in trainer.state.log_history if "completions/mean_length" in h)
+    trained = trainer.model.merge_and_unload() if t.lora else trainer.model
+    return {"system": f"TRL {__import__('trl').__version__} GRPOTrainer" + (" + peft LoRA" if t.lora else ""),
+            "seconds": seconds, "steps": result.global_step, "completion_tokens": round(tokens),
+            "held_out_accuracy": held_out_accuracy(trained, tok, held, cfg)}
 
 
-def one_seed(config: Path, seed: int, batches: int, held_out: int) -> tuple[list[dict], float]:
-    """The three systems on one seed (prompt draw, sampling, TRL's seed): rows and the base accuracy."""
+SYSTEMS = {"trl": run_trl, "ours": run_ours, "pipeline": run_pipeline}
+
+
+def seed_config(config: Path, seed: int) -> SparkConfig:
     data = load_config(config).resolved()
     data["seed"] = seed
-    cfg = SparkConfig.model_validate(data)
+    return SparkConfig.model_validate(data)
+
+
+def run_system(name: str, config: Path, seed: int, batches: int, held_out: int) -> dict:
+    """One system on one seed, in this process: its row, with this process's peak RSS."""
+    cfg = seed_config(config, seed)
     train, held = generate_problems(cfg.problems, cfg.seed)
-    held = held[:held_out]
-    prompts = prompt_batches(cfg, train, batches)
+    row = SYSTEMS[name](cfg, prompt_batches(cfg, train, batches), held[:held_out])
+    peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    return row | {"peak_rss_gb": round(peak_kb / 2**20, 2)}
+
+
+def run_isolated(name: str, a) -> dict:
+    """`run_system` in a child process (its own peak RSS; nothing left over from the system before)."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        subprocess.run([sys.executable, __file__, "--config", a.config, "--batches", str(a.batches), "--threads",
+                        str(a.threads), "--held-out", str(a.held_out), "--one", name, str(a.seed_one), f.name], check=True)
+        return json.loads(Path(f.name).read_text())
+
+
+def one_seed(a, seed: int) -> tuple[list[dict], float]:
+    """The systems on one seed (prompt draw, sampling, TRL's seed), each in its own process:
+    rows and the base model's accuracy."""
+    cfg = seed_config(Path(a.config), seed)
+    _, held = generate_problems(cfg.problems, cfg.seed)
     model, tok = load_checkpoint(ROOT / cfg.model.path)
-    base = held_out_accuracy(model, tok, held)
-    rows = [run_trl(cfg, prompts, held), run_ours(cfg, prompts, held), run_pipeline(cfg, batches, held)]
+    base = held_out_accuracy(model, tok, held[: a.held_out], cfg)
+    del model
+    a.seed_one = seed
+    rows = [run_isolated(name, a) for name in a.systems]
     for row in rows:
         row["seed"] = seed
     return rows, base
@@ -153,24 +211,36 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--held-out", type=int, default=200)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="one comparison per seed; the summary averages them")
+    ap.add_argument("--systems", nargs="+", choices=list(SYSTEMS), default=None,
+                    help="default: trl ours pipeline; trl pipeline for a LoRA config (the in-process loop is full-weight)")
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
+    ap.add_argument("--one", nargs=3, metavar=("SYSTEM", "SEED", "OUT"), help=argparse.SUPPRESS)  # run_isolated's child
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.one:
+        name, seed, out = a.one
+        Path(out).write_text(json.dumps(run_system(name, Path(a.config), int(seed), a.batches, a.held_out)))
+        return
     cfg = load_config(a.config)
+    a.systems = a.systems or (["trl", "pipeline"] if cfg.train.lora else ["trl", "ours", "pipeline"])
     seqs = a.batches * cfg.rollout.batch_prompts * cfg.rollout.group_size
     print(f"{a.batches} batches x {cfg.rollout.batch_prompts} prompts x {cfg.rollout.group_size} samples = {seqs} sequences "
           f"per seed; {a.threads} threads; held-out greedy accuracy on {a.held_out} problems")
     print(f"{'seed':>4} {'system':34} {'steps':>5} {'seconds':>8} {'seq/s':>7} {'s/1000 seq':>10} {'held-out acc':>12}")
     rows = []
     for seed in a.seeds:
-        seed_rows, base = one_seed(Path(a.config), seed, a.batches, a.held_out)
-        trl_rate = seqs / seed_rows[0]["seconds"]
+        seed_rows, base = one_seed(a, seed)
+        trl = next((r for r in seed_rows if r["system"].startswith("TRL")), None)
+        trl_rate = seqs / trl["seconds"] if trl else float("nan")
         for row in seed_rows:
             row |= {"sequences": seqs, "seq_per_s": seqs / row["seconds"], "s_per_1000": 1000 * row["seconds"] / seqs,
                     "ratio_vs_trl": seqs / row["seconds"] / trl_rate, "base_accuracy": base, "threads": a.threads}
+            if row.get("completion_tokens"):
+                row["completion_tokens_per_s"] = row["completion_tokens"] / row["seconds"]
             print(f"{seed:>4} {row['system']:34} {row['steps']:>5} {row['seconds']:>8.1f} {row['seq_per_s']:>7.1f} "
                   f"{row['s_per_1000']:>10.2f} {row['held_out_accuracy']:>12.3f}   x{row['ratio_vs_trl']:.2f} vs TRL "
-                  f"(base {base:.3f})")
+                  f"(base {base:.3f}; {row.get('completion_tokens_per_s', 0):.1f} completion tokens/s, "
+                  f"peak RSS {row['peak_rss_gb']:.1f} GB)")
         rows += seed_rows
     print(f"mean over {len(a.seeds)} seed(s):")
     for system in dict.fromkeys(r["system"] for r in rows):
