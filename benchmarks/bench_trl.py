@@ -104,11 +104,10 @@ def run_pipeline(cfg: SparkConfig, batches, held):
     for k in range(n):
         run_iteration(cfg, run, k)
     seconds = time.monotonic() - start
-    import pyarrow.parquet as pq
+    from spark_core.data.store import read_table
 
-    steps = sum(pq.read_table(p).num_rows for p in (run / "tables" / "updates").rglob("*.parquet"))
-    tokens = sum(sum(pq.read_table(p, columns=["response_tokens"]).column(0).to_pylist())
-                 for p in (run / "tables" / "rollouts").rglob("*.parquet"))
+    steps = read_table(run, "updates").num_rows
+    tokens = sum(read_table(run, "rollouts").column("response_tokens").to_pylist())
     model, tok = load_checkpoint(checkpoint_dir(run, n - 1))  # adapters merged in
     out = {"system": "spark (staged pipeline)", "seconds": seconds, "steps": steps, "completion_tokens": tokens,
            "held_out_accuracy": held_out_accuracy(model, tok, held, cfg)}
@@ -181,11 +180,11 @@ def run_system(name: str, config: Path, seed: int, batches: int, held_out: int) 
     return row | {"peak_rss_gb": round(peak_kb / 2**20, 2)}
 
 
-def run_isolated(name: str, a) -> dict:
+def run_isolated(name: str, a, seed: int) -> dict:
     """`run_system` in a child process (its own peak RSS; nothing left over from the system before)."""
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         subprocess.run([sys.executable, __file__, "--config", a.config, "--batches", str(a.batches), "--threads",
-                        str(a.threads), "--held-out", str(a.held_out), "--one", name, str(a.seed_one), f.name], check=True)
+                        str(a.threads), "--held-out", str(a.held_out), "--one", name, str(seed), f.name], check=True)
         return json.loads(Path(f.name).read_text())
 
 
@@ -197,8 +196,7 @@ def one_seed(a, seed: int) -> tuple[list[dict], float]:
     model, tok = load_checkpoint(ROOT / cfg.model.path)
     base = held_out_accuracy(model, tok, held[: a.held_out], cfg)
     del model
-    a.seed_one = seed
-    rows = [run_isolated(name, a) for name in a.systems]
+    rows = [run_isolated(name, a, seed) for name in a.systems]
     for row in rows:
         row["seed"] = seed
     return rows, base
