@@ -294,6 +294,9 @@ class WarmupConfig(_Section):
     shortest_answers: bool = False
     """Each solve example is the prompt's shortest correct finished answer, not a random one: a
     pass that picks verbose answers teaches answers that run out of `rollout.max_new_tokens`."""
+    answer_budget: float = Field(1.0, gt=0, le=1)
+    """Examples only from responses of at most this share of their token limit (`rollout.max_new_tokens`,
+    `judge_max_new_tokens`), a random one among those: 1 keeps every finished response."""
 
 
 class SparkMethodConfig(_Section):
@@ -409,7 +412,7 @@ _LATE_FIELDS = {"prompts": None, "warmup": None, "checkpoints": None, "runner": 
                 "spark": ("label_weighting", "label_ema_decay", "judge_reward", "format_penalty")}
 # Fields added to a section after the section itself: dropped at their defaults where the
 # section stays (a run made before keeps its hash, and a shared warm-up its key).
-_LATER_FIELDS = {"warmup": ("balance_verdicts", "shortest_answers")}
+_LATER_FIELDS = {"warmup": ("balance_verdicts", "shortest_answers", "answer_budget")}
 
 
 def stable_resolved(cfg: "SparkConfig") -> dict:

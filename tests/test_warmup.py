@@ -88,15 +88,15 @@ def test_balanced_judge_examples_take_the_verdict_trained_least():
     assert judge_examples(tasks, groups, random.Random(0)) == plain  # off: unchanged, seeded
 
 
-@pytest.mark.parametrize("field", ["balance_verdicts", "shortest_answers"])
-def test_a_later_warmup_field_at_its_default_keeps_hashes_and_warmup_keys(tmp_path, field):
+@pytest.mark.parametrize("field,value", [("balance_verdicts", True), ("shortest_answers", True), ("answer_budget", 0.5)])
+def test_a_later_warmup_field_at_its_default_keeps_hashes_and_warmup_keys(tmp_path, field, value):
     from spark_core.config import stable_resolved
     from spark_core.model.shared_warmup import warmup_key
 
     on = SparkConfig.model_validate({"warmup": {"enabled": True}})
-    before = {k: v for k, v in on.warmup.model_dump(mode="json").items() if k not in ("balance_verdicts", "shortest_answers")}
+    before = {k: v for k, v in on.warmup.model_dump(mode="json").items() if k not in ("balance_verdicts", "shortest_answers", "answer_budget")}
     assert stable_resolved(on)["warmup"] == before  # what the hash and the warm-up key saw before the fields
-    changed = SparkConfig.model_validate({"warmup": {"enabled": True, field: True}})
+    changed = SparkConfig.model_validate({"warmup": {"enabled": True, field: value}})
     assert changed.hash() != on.hash()
     model = tmp_path / "m"
     model.mkdir()
@@ -123,6 +123,26 @@ def test_shortest_answers_take_the_fewest_tokens_among_the_correct_finished_ones
     assert picks == {short.text}
     anyone = {solve_examples([task], [[long, short, cut, wrong]], random.Random(seed))[0].sampled for seed in range(8)}
     assert anyone == {long.text, short.text}  # off: a random correct finished answer, as before
+
+
+def test_an_answer_budget_keeps_only_responses_within_it():
+    """`warmup.answer_budget`: a random pick among the short enough answers and verdicts; a
+    prompt with none gives no example; no budget, the draw is as before."""
+    task = Task("p1", "solve", "3+54 ...", "57", "3+54")
+    long = Sample(0, 0, "Step 1: add 3 and 54. Step 2: the sum is 57. \\boxed{57}", list(range(60)), [0.0] * 60, "stop", 5)
+    mid = Sample(0, 1, "3+54 = 57, so \\boxed{57}", list(range(30)), [0.0] * 30, "stop", 5)
+    short = Sample(0, 2, "\\boxed{57}", list(range(6)), [0.0] * 6, "stop", 5)
+    picks = {solve_examples([task], [[long, mid, short]], random.Random(seed), max_tokens=48)[0].sampled for seed in range(12)}
+    assert picks == {mid.text, short.text}  # not only the shortest
+    assert solve_examples([task], [[long]], random.Random(0), max_tokens=48) == []
+    assert {solve_examples([task], [[long, mid, short]], random.Random(seed))[0].sampled for seed in range(12)} == {
+        long.text, mid.text, short.text}
+    judge = Task("j1", "pointwise", "Is 3+54=57 correct?", "Yes")
+    wordy = Sample(0, 0, "Let me check. " * 10 + "Yes", list(range(50)), [0.0] * 50, "stop", 5)
+    terse = Sample(0, 1, "No", list(range(2)), [0.0] * 2, "stop", 5)
+    got = {judge_examples([judge], [[wordy, terse]], random.Random(seed), max_tokens=32)[0].sampled for seed in range(8)}
+    assert got == {terse.text}
+    assert judge_examples([judge], [[wordy]], random.Random(0), max_tokens=32) == []
 
 
 def test_strict_parse_rates():

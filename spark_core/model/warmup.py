@@ -94,13 +94,16 @@ def strict_parsed(task: Task, text: str) -> bool:
 
 
 def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random,
-                   shortest: bool = False) -> list[Example]:
+                   shortest: bool = False, max_tokens: int | None = None) -> list[Example]:
     """At most one example per prompt: a correct, finished answer, boxed (rejection sampling);
-    `shortest` (`warmup.shortest_answers`): the one with the fewest tokens (ties: at random)."""
+    `shortest` (`warmup.shortest_answers`): the one with the fewest tokens (ties: at random);
+    `max_tokens` (`warmup.answer_budget`): only answers of at most that many tokens."""
     out = []
     for t, g in zip(tasks, groups):
         ok = []
         for s in g:
+            if max_tokens is not None and len(s.token_ids) > max_tokens:
+                continue
             v = verify_response(s.text, t.label)
             if v.correct and s.finish_reason == "stop" and v.extracted is not None:
                 ok.append((s, v.extracted))
@@ -115,7 +118,7 @@ def solve_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rn
 
 
 def judge_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rng: random.Random,
-                   balance: bool = False) -> list[Example]:
+                   balance: bool = False, max_tokens: int | None = None) -> list[Example]:
     """At most one example per judge prompt: a finished response whose own verdict is readable,
     ending in that verdict boxed (the label is only used to know the options).
 
@@ -123,10 +126,12 @@ def judge_examples(tasks: Sequence[Task], groups: Sequence[Sequence[Sample]], rn
     takes, where its responses offer one, a verdict trained on least so far. Still only the
     model's own verdicts and never the label; without it the pass trains the model's usual
     verdict on every prompt and leaves it giving that one verdict always, and a GRPO group whose
-    responses all agree has no advantage to learn from."""
+    responses all agree has no advantage to learn from. `max_tokens` (`warmup.answer_budget`):
+    only responses of at most that many tokens."""
     readable = []
     for t, g in zip(tasks, groups):
-        ok = [(s, lenient_verdict(s.text, t.label)) for s in g if s.finish_reason == "stop"]
+        ok = [(s, lenient_verdict(s.text, t.label)) for s in g if s.finish_reason == "stop"
+              and (max_tokens is None or len(s.token_ids) <= max_tokens)]
         readable.append([(s, v) for s, v in ok if v is not None])
     given = Counter(v for ok in readable for _, v in ok)  # ties go to the verdict the model gives least
     chosen: dict[int, Example] = {}

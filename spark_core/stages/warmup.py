@@ -85,9 +85,12 @@ def _make_warmup(cfg: SparkConfig, run_dir: Path, base: Path, shared: Path, key:
     rng = random.Random(f"{cfg.seed}|warmup-examples")
     refl = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind == "reflection"]
     judg = [(t, g) for t, g in zip(jtasks, jgroups) if t.kind != "reflection"]
-    examples = (warmup.solve_examples(tasks, groups, rng, w.shortest_answers)
-                + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng, w.shortest_answers)
-                + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng, w.balance_verdicts))
+    # a budget of 1 filters nothing (a finished response is within its limit): the draw is as before
+    solve_cap = int(w.answer_budget * r.max_new_tokens) if w.answer_budget < 1 else None
+    judge_cap = int(w.answer_budget * r.judge_max_new_tokens) if w.answer_budget < 1 else None
+    examples = (warmup.solve_examples(tasks, groups, rng, w.shortest_answers, solve_cap)
+                + warmup.solve_examples([t for t, _ in refl], [g for _, g in refl], rng, w.shortest_answers, judge_cap)
+                + warmup.judge_examples([t for t, _ in judg], [g for _, g in judg], rng, w.balance_verdicts, judge_cap))
     if not examples:
         raise ValueError("warm-up: no sampled response was usable (none correct and finished, no readable "
                          "verdict); raise warmup.samples or rollout.max_new_tokens, or choose another prompts.solve")
