@@ -108,9 +108,14 @@ def run_pipeline(cfg: SparkConfig, batches, held):
 
     steps = read_table(run, "updates").num_rows
     tokens = sum(read_table(run, "rollouts").column("response_tokens").to_pylist())
+    stage_seconds: dict[str, float] = {}  # where the staged loop's time goes, summed over its iterations
+    for f in sorted(run.glob("manifests/iteration=*/*.json")):
+        doc = json.loads(f.read_text())
+        if isinstance(doc.get("seconds"), (int, float)):
+            stage_seconds[f.stem] = round(stage_seconds.get(f.stem, 0.0) + doc["seconds"], 1)
     model, tok = load_checkpoint(checkpoint_dir(run, n - 1))  # adapters merged in
     out = {"system": "spark (staged pipeline)", "seconds": seconds, "steps": steps, "completion_tokens": tokens,
-           "held_out_accuracy": held_out_accuracy(model, tok, held, cfg)}
+           "held_out_accuracy": held_out_accuracy(model, tok, held, cfg), "stage_seconds": stage_seconds}
     shutil.rmtree(run, ignore_errors=True)
     return out
 
@@ -235,7 +240,7 @@ def main() -> None:
                     "ratio_vs_trl": seqs / row["seconds"] / trl_rate, "base_accuracy": base, "threads": a.threads}
             if row.get("completion_tokens"):
                 row["completion_tokens_per_s"] = row["completion_tokens"] / row["seconds"]
-            print(f"{seed:>4} {row['system']:34} {row['steps']:>5} {row['seconds']:>8.1f} {row['seq_per_s']:>7.1f} "
+            print(f"{seed:>4} {row['system']:34} {row['steps']:>5} {row['seconds']:>8.1f} {row['seq_per_s']:>7.3g} "
                   f"{row['s_per_1000']:>10.2f} {row['held_out_accuracy']:>12.3f}   x{row['ratio_vs_trl']:.2f} vs TRL "
                   f"(base {base:.3f}; {row.get('completion_tokens_per_s', 0):.1f} completion tokens/s, "
                   f"peak RSS {row['peak_rss_gb']:.1f} GB)")
@@ -244,7 +249,7 @@ def main() -> None:
     for system in dict.fromkeys(r["system"] for r in rows):
         mine = [r for r in rows if r["system"] == system]
         mean = lambda k: sum(r[k] for r in mine) / len(mine)  # noqa: E731
-        print(f"     {system:34} seq/s {mean('seq_per_s'):7.1f}  x{mean('ratio_vs_trl'):.2f} vs TRL  "
+        print(f"     {system:34} seq/s {mean('seq_per_s'):7.3g}  x{mean('ratio_vs_trl'):.2f} vs TRL  "
               f"held-out acc {mean('held_out_accuracy'):.3f}")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

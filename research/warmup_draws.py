@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true",
                     help="make the warm-ups where runs look for them (beside the model) and keep them, for a later `spark iterate`")
     ap.add_argument("--out", default=str(ROOT / "docs/research/warmup-draws.json"))
+    ap.add_argument("--warmup", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="override warm-up fields of the config (e.g. answer_budget=0.5 judge_prompts=24)")
     a = ap.parse_args()
 
     import pyarrow.parquet as pq
@@ -75,6 +77,11 @@ def main() -> None:
     from spark_core.stages.warmup import warmup_stage
 
     base_cfg = load_config(a.config)
+    if a.warmup:
+        import yaml
+
+        over = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in a.warmup)}
+        base_cfg = base_cfg.model_validate(base_cfg.resolved() | {"warmup": base_cfg.resolved()["warmup"] | over})
     scratch = Path(tempfile.mkdtemp(prefix="warmup-draws-", dir=ROOT / "data"))
     if not a.keep:
         os.environ["SPARK_WARMUP_DIR"] = str(scratch / "warmups")  # not beside the model: these are thrown away
@@ -103,7 +110,7 @@ def main() -> None:
                     shutil.rmtree(doc["shared"], ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    Path(a.out).write_text(json.dumps({"config": str(Path(a.config).resolve().relative_to(ROOT)),
+    Path(a.out).write_text(json.dumps({"config": str(Path(a.config).resolve().relative_to(ROOT)), "warmup": a.warmup,
                                        "check_group": a.check_group, "rows": rows}, indent=2) + "\n")
     print("| made with | seed | examples | target chars | boxed before -> after | verdicts before -> after | "
           "check boxed HF / vLLM | check accuracy HF / vLLM | s |")

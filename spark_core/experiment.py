@@ -55,13 +55,14 @@ def eval_every(n: int) -> int:
     return next(d for d in range(max(1, n // 4), 0, -1) if n % d == 0)
 
 
-def arm_config(base: SparkConfig, arm: str, seed: int, n: int) -> SparkConfig:
-    """The config of one arm and seed: the base config with the arm's mode, seed and evaluation period."""
+def arm_config(base: SparkConfig, arm: str, seed: int, n: int, every: int | None = None) -> SparkConfig:
+    """The config of one arm and seed: the base config with the arm's mode, seed and evaluation
+    period (`every`, else `eval_every(n)`; N evaluates only at the equal-step points)."""
     data = base.resolved()
     data["seed"] = seed
     mode, balanced = _MODE.get(arm, ("spark", False))
     data["spark"] |= {"mode": mode, "balance_labels": balanced} | _OPTIONS.get(arm, {})
-    data["eval"] |= {"every": eval_every(n)}
+    data["eval"] |= {"every": every or eval_every(n)}
     return SparkConfig.model_validate(data)
 
 
@@ -98,14 +99,16 @@ def run_base(cfg: SparkConfig, run_dir: Path) -> dict:
     return metrics
 
 
-def run_arm(base_cfg: SparkConfig, arm: str, seed: int, n: int, root: Path) -> tuple[dict, Path, SparkConfig]:
-    """Run (or finish) one arm for one seed; returns its result row, run directory and config."""
+def run_arm(base_cfg: SparkConfig, arm: str, seed: int, n: int, root: Path,
+            every: int | None = None) -> tuple[dict, Path, SparkConfig]:
+    """Run (or finish) one arm for one seed (`every`: its evaluation period, see `arm_config`);
+    returns its result row, run directory and config."""
     from spark_core.iteration import run_iteration
     from spark_core.rundir import claim_run, completed_iterations
     from spark_core.runlock import run_lock
     from spark_core.stages.problems import prepare_problems
 
-    cfg = arm_config(base_cfg, arm, seed, n)
+    cfg = arm_config(base_cfg, arm, seed, n, every)
     run_dir = Path(root) / f"{arm}-seed{seed}"
     start = time.monotonic()
     with run_lock(run_dir):
