@@ -45,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from spark_core.model.models import sha256_of  # noqa: E402  (standard library only: safe before the wheels)
+
 MAX_FILES = 8
 #: What each call costs in device time (seconds, estimates from the H100/H200 sessions so far:
 #: a cold start 60-120 s, a 55 MiB carry about 10-20 s); the plan's skip points come from these.
@@ -85,14 +87,6 @@ def log(msg: str) -> None:
         f.write(line + "\n")
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # --- here: prepare and plan ------------------------------------------------------------------------
 
 def prepare(payload: Path, name: str, gpu: Path, piece_bytes: int, chat_template: str | None = None,
@@ -117,7 +111,7 @@ def prepare(payload: Path, name: str, gpu: Path, piece_bytes: int, chat_template
             p = gpu / "pieces" / f"piece-{i:02d}"
             p.write_bytes(block)
             pieces.append({"name": p.name, "size": len(block), "sha256": hashlib.sha256(block).hexdigest()})
-    manifest = {"name": name, "kind": kind, "size": whole.stat().st_size, "sha256": sha256(whole),
+    manifest = {"name": name, "kind": kind, "size": whole.stat().st_size, "sha256": sha256_of(whole),
                 "chat_template": chat_template, "pieces": pieces, "made": time.strftime("%Y-%m-%d %H:%M")}
     if kind == "tar":
         whole.unlink()
@@ -228,7 +222,7 @@ def piece(name: str, gpu: Path, out: Path, device: str, micro: bool) -> None:
     carried = gpu / "pieces" / name
     if not carried.is_file():
         raise LeaseError(f"{carried}: not carried (add it to the call's carry list)")
-    if sha256(carried) != manifest["pieces"][i]["sha256"]:
+    if sha256_of(carried) != manifest["pieces"][i]["sha256"]:
         raise LeaseError(f"{carried}: stale, its SHA-256 is not the manifest's (re-run `prepare` and send every piece again)")
     try:
         check_machine()
