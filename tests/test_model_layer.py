@@ -196,3 +196,16 @@ def test_ignore_eos_samples_every_token(ckpt):
     full = eng.generate(["1+1", "23-4"], dataclasses.replace(spec, ignore_eos=True))
     assert all(len(s.token_ids) == 1 and s.finish_reason == "stop" for g in free for s in g)
     assert all(len(s.token_ids) == 40 and s.finish_reason == "length" for g in full for s in g)
+
+
+def test_inverse_cdf_draws_each_index_at_its_weight():
+    from spark_core.model.rollout import inverse_cdf
+
+    w = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    idx = inverse_cdf(w, g)
+    counts = torch.bincount(idx, minlength=6).double() / len(idx)
+    assert counts[[0, 2, 5]].sum() == 0  # a zero weight is never drawn, the last one included
+    assert torch.allclose(counts[[1, 3, 4]], torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), atol=0.03)
+    # unnormalised weights, and the same draw from the same generator state
+    assert torch.equal(inverse_cdf(w * 7.0, torch.Generator().manual_seed(0)), idx)

@@ -16,7 +16,7 @@ def test_one_prefill_per_prompt_samples_what_prefilling_every_copy_samples(max_n
     prompts = eng.encode(["12+34", "7-3", "Is 5+5=10? Answer yes or no"])  # different lengths: left padding
     g = 4
     rows = [p for p in prompts for _ in range(g)]
-    spec = SamplingSpec(g, 2.0, 1.0, max_new, seed=5)  # hot: the copies of a prompt sample apart
+    spec = SamplingSpec(g, 5.0, 1.0, max_new, seed=5)  # hot: the copies of a prompt sample apart
     shared = eng._decode(rows, spec, torch.Generator().manual_seed(5), group=g)
     every = eng._decode(rows, spec, torch.Generator().manual_seed(5), group=1)
     assert shared[0] == every[0] and shared[2] == every[2]  # the same tokens, stops

@@ -142,13 +142,31 @@ def sample_next(
         return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
     logp = torch.log_softmax(logits / temperature, -1)  # (B, V)
     probs = logp.exp()
+    order = None
     if top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)  # (B, V)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
-        sorted_p = sorted_p * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)  # (B,)
+        probs, order = probs.sort(-1, descending=True)  # (B, V)
+        keep = probs.cumsum(-1) - probs < top_p  # always keeps the most likely token
+        probs = probs * keep
+    tokens = inverse_cdf(probs, generator)  # (B,)
+    if order is not None:
+        tokens = order.gather(-1, tokens[:, None]).squeeze(-1)
     return tokens, logp.gather(-1, tokens[:, None]).squeeze(-1)
+
+
+def inverse_cdf(weights: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) non-negative weights -> (B,) one index per row drawn with probability weight / row sum.
+
+    One uniform number per row against the row's cumulative sum (float64, so a token of
+    probability 1e-9 keeps its share beside a sum near 1). `torch.multinomial` draws an
+    exponential variate for every one of the V entries instead: on a 151,936-token vocabulary
+    that was 45 ms of a 170 ms decode step (16 rows, 2-core CPU, torch profiler). A zero weight
+    is never drawn: its cumulative sum equals its left neighbour's, and the search is strict."""
+    cdf = weights.double().cumsum(-1)  # (B, V)
+    u = torch.rand(weights.shape[0], 1, generator=generator, device=weights.device, dtype=torch.float64)  # (B, 1)
+    idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # (B,)
+    # u * total rounds to total only for u within 2^-53 of 1: take the last token of positive weight.
+    last = (weights > 0).flip(-1).int().argmax(-1)  # (B,) distance of the last positive weight from the end
+    return torch.minimum(idx, weights.shape[-1] - 1 - last)
 
 
 # --------------------------------------------------------------------------- Hugging Face engine
