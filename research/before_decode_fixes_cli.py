@@ -1,5 +1,7 @@
 """The CLI with the two decode changes of 62c8f80 undone (frozen merged weights, torch.multinomial),
-for timing before against after on one machine:  .venv/bin/python research/before_decode_fixes_cli.py iterate ..."""
+for timing before against after on one machine:  .venv/bin/python research/before_decode_fixes_cli.py iterate ...
+(it reproduces "before" at commit bdb6606 only: later, HFEngine keeps the prefill's last position by
+index, so frozen weights no longer cost anything and only the sampler is undone here.)"""
 
 import sys
 from pathlib import Path

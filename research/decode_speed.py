@@ -6,7 +6,9 @@ For each checkpoint (a model directory or a LoRA checkpoint, merged on load as e
 greedy 8 prompts x 32 tokens and sampled 4 prompts x 4 samples x 48 tokens at T=1, every row
 decoding all its tokens (`ignore_eos`), each timed twice after a short warm-up call.
 `--frozen` sets requires_grad False on every weight first, as peft's `merge_and_unload` left
-them before 2026-12-07 (the LM head then ran as a broadcast bmm at every prefill);
+them before 2026-12-07 (the LM head then ran as a broadcast bmm at every prefill; since the engine
+keeps the prefill's last position by index, `--frozen` shows that a frozen model decodes as fast:
+to reproduce the old cost, run this at commit bdb6606);
 `--multinomial` samples with `torch.multinomial`, as the engine did before `inverse_cdf`.
 `--profile` prints torch's operator table for one sampled call.
 """

@@ -155,3 +155,9 @@ def test_a_merged_checkpoint_decodes_like_a_plain_model(base_dir, tmp_path):
         with Ops():
             engine.generate(["12+34", "5+6=?"], SamplingSpec(1, 0.0, 1.0, 3, seed=0, ignore_eos=True))
         assert torch.ops.aten.bmm.default not in seen, path
+        # and a model object whose weights are all frozen (a peft model's base) decodes the same way
+        engine.model.requires_grad_(False)
+        seen.clear()
+        with Ops():
+            engine.generate(["12+34", "5+6=?"], SamplingSpec(1, 0.0, 1.0, 3, seed=0, ignore_eos=True))
+        assert torch.ops.aten.bmm.default not in seen, path

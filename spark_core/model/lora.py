@@ -100,11 +100,8 @@ def merged(path: str | Path, device="cpu", dtype=None):
     base, _ = load_checkpoint(adapter_base(path), device, dtype or torch.float32)
     with _quiet():
         model = PeftModel.from_pretrained(base, str(path)).merge_and_unload().eval()
-    # peft leaves every merged weight frozen (requires_grad False); a plain load has them True.
-    # The flag changes torch.matmul's plan for the LM head at a prefill: on the non-contiguous
-    # last-position slice of the hidden states with a frozen head it broadcasts the head to every
-    # row (an aten::bmm over B copies of a 151,936 x 896 matrix: 0.7 s a row on Qwen2.5-0.5B, 2-core
-    # CPU) instead of one mm. Decoding a LoRA checkpoint was 2.7-3.4x slower than its base for it.
+    # peft leaves every merged weight frozen (requires_grad False); a plain load has them True, and
+    # the flag changes torch.matmul's plan (HFEngine._decode no longer depends on it, see there).
     return model.requires_grad_(True)
 
 

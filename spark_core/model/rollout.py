@@ -164,9 +164,10 @@ def inverse_cdf(weights: torch.Tensor, generator: torch.Generator | None) -> tor
     cdf = weights.double().cumsum(-1)  # (B, V)
     u = torch.rand(weights.shape[0], 1, generator=generator, device=weights.device, dtype=torch.float64)  # (B, 1)
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # (B,)
-    # u * total rounds to total only for u within 2^-53 of 1: take the last token of positive weight.
-    last = (weights > 0).flip(-1).int().argmax(-1)  # (B,) distance of the last positive weight from the end
-    return torch.minimum(idx, weights.shape[-1] - 1 - last)
+    # u * total rounds to total only for u within 2^-53 of 1: then the first index whose sum reaches
+    # the total, a positive weight (the zeros after it, e.g. top-p's tail, are never drawn).
+    top = torch.searchsorted(cdf, cdf[:, -1:]).squeeze(-1)  # (B,)
+    return torch.minimum(idx, top)
 
 
 # --------------------------------------------------------------------------- Hugging Face engine
@@ -287,13 +288,18 @@ class HFEngine:
         full_mask = torch.ones((B, width + spec.max_new_tokens), dtype=mask.dtype, device=self.device)  # (B, W + L)
         full_mask[:, :width] = mask
         step_ids, step_pos = ids, positions
+        # The prefill keeps the last position by index, not by transformers' default slice: a slice
+        # of the (B, T, H) hidden states is non-contiguous, and with a frozen head (peft models, a
+        # merged LoRA checkpoint) torch.matmul then broadcasts the 151,936 x 896 head to every row
+        # (aten::bmm, 0.7 s a row on Qwen2.5-0.5B); an index copies the B last rows and runs one mm.
+        last = torch.tensor([width - 1], device=self.device)  # (1,)
         for t in range(spec.max_new_tokens):
             one = torch.arange(0, B, group, device=self.device) if t == 0 and group > 1 else None  # (B/G,)
             out = self.model(
                 input_ids=step_ids if one is None else step_ids[one],
                 attention_mask=full_mask[:, : width + t] if one is None else full_mask[one, :width],
                 position_ids=step_pos if one is None else step_pos[one],
-                use_cache=True, logits_to_keep=1, **{_CACHE_ARG: past},
+                use_cache=True, logits_to_keep=last if t == 0 else 1, **{_CACHE_ARG: past},
             )
             past = getattr(out, _CACHE_ARG)
             logits = out.logits[:, -1, :]  # (A, V)
