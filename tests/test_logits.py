@@ -53,15 +53,17 @@ def test_blocked_logprobs_and_entropy_equal_direct_within_1e5(qwen_shaped):
     assert (lp[~mask] == 0).all() and (ent[~mask] == 0).all()
 
 
-def test_blocked_gradients_equal_direct(qwen_shaped):
-    """Checkpointed blocks give the gradient of the direct loss (the backward recomputes each block)."""
+@pytest.mark.parametrize("block", [5, 512])
+def test_blocked_gradients_equal_direct(qwen_shaped, block):
+    """Blocks give the gradient of the direct loss: checkpointed ones (block 5: the backward
+    recomputes each) and a single kept block (512 > the 16 positions: no recomputation)."""
     inputs, where, tokens, mask = _inputs(seed=1)
     a, b = copy.deepcopy(qwen_shaped).train(), copy.deepcopy(qwen_shaped).train()
     logits = a(**inputs).logits.reshape(-1, VOCAB)[where]
     n = mask.sum()
     loss_a = (-(token_logprobs(logits, tokens) * mask).sum() + (token_entropy(logits) * mask).sum() * 0.1) / n
     loss_a.backward()
-    lp, ent = response_stats(b, inputs, where, tokens, mask, block=5)
+    lp, ent = response_stats(b, inputs, where, tokens, mask, block=block)
     loss_b = (-(lp * mask).sum() + (ent * mask).sum() * 0.1) / n
     loss_b.backward()
     assert abs(loss_a.item() - loss_b.item()) < 1e-5
@@ -117,3 +119,18 @@ def test_auto_keeps_small_vocabularies_on_full_logits():
     model = build_model(tok, TinyModelConfig(hidden=16, layers=1, heads=2, intermediate=32), 0)
     assert not use_blocks(model, "auto") and use_blocks(model, "always") and not use_blocks(model, "never")
     assert blocked_matches(model)
+
+
+def test_entropy_as_a_value_or_not_at_all(qwen_shaped):
+    """`entropy`: value gives grad's numbers without a graph; none skips it (zeros), log-probs unchanged."""
+    model = copy.deepcopy(qwen_shaped).train()
+    inputs, where, tokens, mask = _inputs(seed=2)
+    out = {e: response_stats(model, inputs, where, tokens, mask, block=block, entropy=e)
+           for e in ("grad", "value", "none") for block in (5,)}
+    assert out["grad"][1].requires_grad and not out["value"][1].requires_grad and not out["none"][1].requires_grad
+    assert torch.equal(out["value"][1], out["grad"][1].detach())
+    assert (out["none"][1] == 0).all()
+    for e in ("value", "none"):
+        assert torch.equal(out[e][0].detach(), out["grad"][0].detach()) and out[e][0].requires_grad
+    with pytest.raises(ValueError, match="entropy"):
+        gathered_stats(model.get_output_embeddings(), torch.zeros(2, 32), torch.zeros(2, dtype=torch.long), entropy="maybe")

@@ -161,3 +161,33 @@ def test_a_merged_checkpoint_decodes_like_a_plain_model(base_dir, tmp_path):
         with Ops():
             engine.generate(["12+34", "5+6=?"], SamplingSpec(1, 0.0, 1.0, 3, seed=0, ignore_eos=True))
         assert torch.ops.aten.bmm.default not in seen, path
+
+
+def test_frozen_weights_held_in_bf16_change_nothing_under_bf16_autocast(base_dir):
+    """`lora.frozen_as`: under bf16 autocast (which casts every frozen weight to bf16 at each call)
+    holding them in bf16 gives the same loss and adapter gradients, bit for bit; the float32
+    originals are back afterwards."""
+    grads, losses = [], []
+    for cast in (False, True):
+        torch.manual_seed(0)
+        model = lora.attach(load_checkpoint(base_dir)[0], LORA)
+        with torch.no_grad():  # adapters away from zero, so their path counts too
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.1)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        t = Trainer(model, None, TrainSettings(lr=1e-2, mini_batch_size=4, micro_batch_size=2, beta=0.1),
+                    load_checkpoint(base_dir)[1].pad_token_id, torch.device("cpu"))
+        with lora.frozen_as(model, torch.bfloat16 if cast else torch.float32) as n_cast:
+            assert n_cast == (sum("base_layer" in n for n, _ in model.named_parameters()) if cast else 0)
+            if cast:
+                assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if "base_layer" in n)
+                assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss, _ = t._micro_loss(_batch(4))
+            loss.backward()
+        for n, p in model.named_parameters():
+            assert p.dtype == before[n].dtype and torch.equal(p.detach(), before[n]), n
+        losses.append(loss.detach())
+        grads.append(torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad]))
+    assert torch.equal(losses[0], losses[1]) and torch.equal(grads[0], grads[1])

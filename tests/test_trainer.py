@@ -189,3 +189,22 @@ def test_verdict_advantage_applies_from_its_token_on(tok):
     assert torch.allclose(same, step(base))
     split = step([dataclasses.replace(x, verdict_index=len(x.response_ids) // 2, verdict_advantage=2.0) for x in base])
     assert not torch.allclose(split, step(base))
+
+
+def test_micro_batches_are_cut_from_the_mini_batch_sorted_by_length(tok):
+    """Short sequences share micro-batches with short ones (less padding), and the step's gradient
+    is the same whatever order the batch comes in."""
+    batch = _batch(tok, 8, seed=3)
+    lengths = sorted(len(x.prompt_ids) + len(x.response_ids) for x in batch)
+    grads, widths = [], []
+    for order in (batch, batch[::-1]):
+        model = _model(tok)
+        t = Trainer(model, _model(tok), TrainSettings(lr=1e-2, mini_batch_size=8, micro_batch_size=2), tok.pad_token_id,
+                    torch.device("cpu"))
+        seen, layout = [], t._layout
+        t._layout = lambda micro, R, packed: widths.append(max(len(x.prompt_ids) + len(x.response_ids) for x in micro)) or layout(micro, R, packed)
+        t.opt.step = lambda: seen.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        t.train_period(order, "policy")
+        grads.append(seen[0])
+    assert widths == [lengths[i + 1] for i in range(0, 8, 2)] * 2  # each micro-batch as wide as its longest
+    assert torch.allclose(grads[0], grads[1], atol=1e-7, rtol=1e-5)

@@ -8,8 +8,12 @@ log-softmax is independent of the others, so:
 1. run the model's decoder (everything but the LM head) to get hidden states (rows, W, H);
 2. pick the N hidden vectors whose logits are needed, (N, H);
 3. run the LM head over blocks of `block` positions: (block, V) float32 logits, log-sum-exp,
-   the target's logit, the entropy; under autograd each block is checkpointed, so its
-   logits are recomputed in the backward pass instead of kept.
+   the target's logit, the entropy; under autograd, when there is more than one block, each
+   is checkpointed, so its logits are recomputed in the backward pass instead of kept (a
+   single block is kept: recomputing it would cost a head matmul and a log-softmax and save
+   no memory, since its forward's peak is reached anyway). The entropy is left out of the
+   autograd graph unless it is trained on (`entropy="grad"`): as a metric it needs no
+   backward, and a caller that needs only log-probs (the KL reference) skips it (`"none"`).
 
 Peak memory then grows with block x V, not with batch x length x V. The result equals the
 direct computation up to float rounding (tested within 1e-5). `head_parts` finds the
@@ -61,9 +65,9 @@ def hidden_states(model, inputs: dict) -> Tensor:
     return decoder(**kw, use_cache=False).last_hidden_state
 
 
-def _block_stats(head, h: Tensor, tgt: Tensor, temperature: float) -> tuple[Tensor, Tensor]:
+def _block_stats(head, h: Tensor, tgt: Tensor, temperature: float, entropy: str = "grad") -> tuple[Tensor, Tensor]:
     """(n, H), (n,) -> log p(tgt) (n,) and entropy (n,), float32 (float64 for a float64 model),
-    under softmax(head(h) / T)."""
+    under softmax(head(h) / T); `entropy`: grad (with its gradient) | value (without) | none (zeros)."""
     # log_softmax (max subtracted before the sum) rounds like the direct path's token_entropy;
     # z - logsumexp(z) differs from it by ~1e-4 in the entropy at V = 151,936.
     if torch.is_autocast_enabled(h.device.type):
@@ -74,29 +78,35 @@ def _block_stats(head, h: Tensor, tgt: Tensor, temperature: float) -> tuple[Tens
     else:
         z = head(h)
     z = z if z.dtype == torch.float64 else z.float()  # float32 at least (float64 kept: the tests' reference)
-    logp = torch.log_softmax(z / temperature, dim=-1)  # (n, V)
+    logp = torch.log_softmax(z / temperature if temperature != 1 else z, dim=-1)  # (n, V)
     picked = logp.gather(-1, tgt[:, None]).squeeze(-1)  # (n,)
-    p = logp.exp()
-    ent = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # (n,)
+    if entropy == "none":
+        return picked, torch.zeros_like(picked).detach()
+    with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+        p = logp.exp()
+        ent = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # (n,)
     return picked, ent
 
 
-def gathered_stats(head, hidden: Tensor, tgt: Tensor, temperature: float = 1.0, block: int = BLOCK
-                   ) -> tuple[Tensor, Tensor]:
+def gathered_stats(head, hidden: Tensor, tgt: Tensor, temperature: float = 1.0, block: int = BLOCK,
+                   entropy: str = "grad") -> tuple[Tensor, Tensor]:
     """(N, H), (N,) -> (log-probs (N,), entropies (N,)), float32, the head run `block` rows at a time.
 
-    Under autograd each block is checkpointed (its (block, V) logits recomputed in backward).
+    Under autograd, with N > block, each block is checkpointed (its (block, V) logits recomputed
+    in backward); `entropy`: grad | value (no gradient) | none (zeros, not computed).
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if entropy not in ("grad", "value", "none"):
+        raise ValueError(f"entropy must be grad, value or none, got {entropy!r}")
     outs_lp, outs_ent = [], []
-    grad = torch.is_grad_enabled() and hidden.requires_grad
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and hidden.shape[0] > block
     for s in range(0, hidden.shape[0], block):
         h, t = hidden[s : s + block], tgt[s : s + block]
-        if grad:
-            lp, ent = checkpoint(_block_stats, head, h, t, temperature, use_reentrant=False)
+        if recompute:
+            lp, ent = checkpoint(_block_stats, head, h, t, temperature, entropy, use_reentrant=False)
         else:
-            lp, ent = _block_stats(head, h, t, temperature)
+            lp, ent = _block_stats(head, h, t, temperature, entropy)
         outs_lp.append(lp)
         outs_ent.append(ent)
     if not outs_lp:
@@ -106,14 +116,15 @@ def gathered_stats(head, hidden: Tensor, tgt: Tensor, temperature: float = 1.0, 
 
 
 def response_stats(model, inputs: dict, where: Tensor, tokens: Tensor, mask: Tensor, temperature: float = 1.0,
-                   block: int = BLOCK) -> tuple[Tensor, Tensor]:
+                   block: int = BLOCK, entropy: str = "grad") -> tuple[Tensor, Tensor]:
     """Log-probs and entropies (B, R) of `tokens` (B, R) predicted at flat positions `where` (B, R)
-    of model(**inputs), computed only where `mask` (B, R) is set (0 elsewhere); float32."""
+    of model(**inputs), computed only where `mask` (B, R) is set (0 elsewhere); float32
+    (`entropy`: as in `gathered_stats`)."""
     hidden = hidden_states(model, inputs)  # (rows, W, H)
     flat = hidden.reshape(-1, hidden.shape[-1])  # (rows * W, H)
     m = mask.bool()
     _, head = head_parts(model)
-    lp, ent = gathered_stats(head, flat[where[m]], tokens[m], temperature, block)  # (N,), (N,)
+    lp, ent = gathered_stats(head, flat[where[m]], tokens[m], temperature, block, entropy)  # (N,), (N,)
     out_lp = torch.zeros(tokens.shape, dtype=lp.dtype, device=lp.device).masked_scatter(m, lp)
     out_ent = torch.zeros(tokens.shape, dtype=ent.dtype, device=lp.device).masked_scatter(m, ent)
     return out_lp, out_ent

@@ -115,6 +115,30 @@ def save_adapter(model, tokenizer, path: Path, base: Path) -> None:
     (path / ADAPTER_MARK).write_text(json.dumps({"base": str(Path(base).resolve())}, indent=2) + "\n")
 
 
+@contextmanager
+def frozen_as(model, dtype):
+    """Within the block, the frozen base weight and bias of every adapted linear layer of peft
+    `model` are held as `dtype` copies; the originals come back after it, untouched (yields the
+    number of tensors swapped). Under autocast to that dtype this changes no result, since
+    autocast casts them to it at every call, and saves those casts: 630M weights read and
+    written per pass on Qwen2.5-0.5B. Outside autocast the model cannot run inside the block
+    (a float32 input meets a bf16 weight). Adapters, norms, embeddings and head stay as they are."""
+    from peft.tuners.lora import LoraLayer
+
+    kept = []
+    try:
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                for t in (module.base_layer.weight, getattr(module.base_layer, "bias", None)):
+                    if t is not None and not t.requires_grad and t.dtype != dtype:
+                        kept.append((t, t.data))
+                        t.data = t.data.to(dtype)
+        yield len(kept)
+    finally:
+        for t, original in kept:
+            t.data = original
+
+
 def is_peft(model) -> bool:
     """Whether `model` is a peft wrapper (its adapters train, its base does not)."""
     return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")

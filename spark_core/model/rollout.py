@@ -166,7 +166,7 @@ def inverse_cdf(weights: torch.Tensor, generator: torch.Generator | None) -> tor
     idx = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1)  # (B,)
     # u * total rounds to total only for u within 2^-53 of 1: then the first index whose sum reaches
     # the total, a positive weight (the zeros after it, e.g. top-p's tail, are never drawn).
-    top = torch.searchsorted(cdf, cdf[:, -1:]).squeeze(-1)  # (B,)
+    top = torch.searchsorted(cdf, cdf[:, -1:].contiguous()).squeeze(-1)  # (B,)
     return torch.minimum(idx, top)
 
 
