@@ -191,3 +191,30 @@ def test_frozen_weights_held_in_bf16_change_nothing_under_bf16_autocast(base_dir
         losses.append(loss.detach())
         grads.append(torch.cat([p.grad.flatten() for n, p in model.named_parameters() if p.requires_grad]))
     assert torch.equal(losses[0], losses[1]) and torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_merge_by_hand_equals_peft_merge_and_unload(base_dir, tmp_path, dtype):
+    """`lora.merged` adds (alpha / r) B A itself: bit for bit what peft's merge_and_unload gives;
+    an adapter config it does not cover (rsLoRA here) goes through peft."""
+    import json
+
+    from peft import PeftModel
+
+    t, tok, _ = _trained(base_dir, steps=2)
+    out = tmp_path / "ckpt"
+    lora.save_adapter(t.model, tok, out, base_dir)
+    mine = lora.merged(out, dtype=dtype)
+    theirs = PeftModel.from_pretrained(load_checkpoint(base_dir, dtype=dtype)[0], str(out)).merge_and_unload()
+    assert mine.state_dict().keys() == theirs.state_dict().keys()
+    for k, v in theirs.state_dict().items():
+        assert torch.equal(mine.state_dict()[k], v), k
+    assert not torch.equal(mine.state_dict()["model.layers.0.self_attn.q_proj.weight"],
+                           load_checkpoint(base_dir, dtype=dtype)[0].state_dict()["model.layers.0.self_attn.q_proj.weight"])
+    conf = json.loads((out / "adapter_config.json").read_text())
+    (out / "adapter_config.json").write_text(json.dumps(conf | {"use_rslora": True}))
+    fresh = load_checkpoint(base_dir, dtype=dtype)[0]
+    assert not lora._merge_by_hand(fresh, out)
+    assert all(torch.equal(v, w) for v, w in zip(fresh.state_dict().values(), load_checkpoint(base_dir, dtype=dtype)[0].state_dict().values()))
+    rs = lora.merged(out, dtype=dtype)  # through peft: alpha / sqrt(r), another merge
+    assert not torch.equal(rs.state_dict()["model.layers.0.self_attn.q_proj.weight"], mine.state_dict()["model.layers.0.self_attn.q_proj.weight"])

@@ -132,7 +132,7 @@ model: {path: %s}
 prompts: {solve: concise}
 warmup: {enabled: true, problems: 4, judge_prompts: 3, samples: 2, epochs: 1, lr: 3.0e-5, batch_size: 4, check_samples: 1}
 rollout: {device: cpu, dtype: float32, batch_prompts: 2, group_size: 2, max_new_tokens: 40, judge_max_new_tokens: 32}
-train: {lr: 1.0e-6, mini_batch_size: 4, micro_batch_size: 2}
+train: {lr: 1.0e-5, mini_batch_size: 4, micro_batch_size: 2, bf16_autocast: true, lora: {rank: 8, alpha: 16}}
 spark: {template_set: paper, balance_labels: true}
 eval: {problems: 2, samples: 0, judge_problems: 2, judge_samples: 2, tts: false}
 """
@@ -140,9 +140,12 @@ eval: {problems: 2, samples: 0, judge_problems: 2, judge_samples: 2, tts: false}
 
 @pytest.mark.slow
 def test_one_iteration_through_the_flow(prefect_api, qwen_dir, engine, tmp_path):
-    """Warm-up and one SPARK iteration of the real model through the Prefect flow at micro scale:
-    tables written, the checkpoint reloads through the Auto classes, MLflow logged."""
+    """Warm-up and one SPARK iteration of the real model through the Prefect flow at micro scale,
+    with LoRA as the real-model configs train (full-weight training is the warm-up's, and the
+    tiny model's tests): tables written, the warm-up reloads through the Auto classes and the
+    iteration's adapters through peft on it, MLflow logged."""
     from mlflow.tracking import MlflowClient
+    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flows.spark_flow import spark
@@ -165,8 +168,11 @@ def test_one_iteration_through_the_flow(prefect_api, qwen_dir, engine, tmp_path)
     warm = read_manifest(run_dir, "warmup", 0)
     assert {"solve_boxed_before", "solve_boxed_after"} <= set(warm["metrics"])
     ckpt = checkpoint_dir(run_dir, 0)
-    model = AutoModelForCausalLM.from_pretrained(ckpt)
+    base = Path(json.loads((ckpt / "spark_adapter.json").read_text())["base"])
+    assert base == Path(warm["shared"]).resolve()  # the adapters apply to the run's warm-up
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(ckpt))
     assert model.config.vocab_size == 151_936 and AutoTokenizer.from_pretrained(ckpt).chat_template
+    assert (ckpt / "adapter_model.safetensors").stat().st_size < 100e6 and not (ckpt / "model.safetensors").exists()
     client = MlflowClient(tracking_uri(data))
     (run,) = client.search_runs([client.get_experiment_by_name("spark").experiment_id])
     for key in ("policy/solve_accuracy", "warmup/solve_boxed_before", "warmup/solve_boxed_after", "eval/policy_boxed"):
