@@ -11,9 +11,9 @@ config's LoRA adapters (rank 8 on every projection) and runs one policy period o
 step through `Trainer`, as the `train_policy` stage does, then saves the adapters and optimizer
 state; prints the seconds of each part. With `--run`, the batch is that stage's own (its
 rollouts and samples, as `train_<phase>` reads them), on the run's start model with fresh
-adapters and the run's train settings; nothing in the run is written. The step is timed twice (the first call pays one-time
-checks: blocked log-probs against full logits). `--profile` prints torch's operator table for
-the second step.
+adapters and the run's train settings; nothing in the run is written. The period is timed twice:
+the first is what a stage pays (one-time checks, new shapes, allocator growth), the second is
+the steady rate. `--profile` prints torch's operator table for the first.
 """
 
 from __future__ import annotations

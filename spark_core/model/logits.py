@@ -81,7 +81,7 @@ def _block_stats(head, h: Tensor, tgt: Tensor, temperature: float, entropy: str 
     logp = torch.log_softmax(z / temperature if temperature != 1 else z, dim=-1)  # (n, V)
     picked = logp.gather(-1, tgt[:, None]).squeeze(-1)  # (n,)
     if entropy == "none":
-        return picked, torch.zeros_like(picked).detach()
+        return picked, torch.zeros_like(picked)  # (n,), no gradient
     with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
         p = logp.exp()
         ent = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # (n,)
